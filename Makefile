@@ -1,0 +1,24 @@
+# Every target sets up .venv first (fast when already done).
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+BIN := .venv/bin
+
+.PHONY: setup demo test test-slow lint format
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/compress demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

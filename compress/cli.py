@@ -1,0 +1,42 @@
+"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict) plus ``demo``.
+
+Example:
+    compress fit --config configs/demo/teacher.yaml
+    compress fit --config configs/demo/distill.yaml --print_config
+    compress demo
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from compress.data import TextClassificationDataModule
+
+
+class CompressCLI(LightningCLI):
+    """LightningCLI over any LightningModule (``class_path`` in YAML) and the text-classification data."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        super().__init__(LightningModule, TextClassificationDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data knows the label count; every module's num_labels follows it.
+        parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "demo":
+        from compress.demo import main as demo_main
+
+        demo_main(args[1:])
+        return
+    CompressCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""`TextClassificationDataModule`: offline or `datasets` text, stratified splits, a transfer set, dynamic padding.
+
+Example:
+    >>> from compress.data import TextClassificationDataModule
+    >>> dm = TextClassificationDataModule("rotten_tomatoes", max_train_examples=200, transfer_fraction=0.5)
+    >>> dm.setup("fit")
+    >>> batch = next(iter(dm.train_dataloader()))
+    >>> sorted(batch)[:3], dm.num_labels
+    (['attention_mask', 'input_ids', 'labels'], 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+import datasets
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from compress.assets import resolve_model_source
+from compress.datasources import load_source
+
+UNLABELLED = -100  # label of transfer-set rows: the student learns them from the teacher only
+TEACHER_PREFIX = "teacher_"
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Text classification data for Lightning: deterministic stratified train/validation/test splits.
+
+    Args:
+        source: ``rotten_tomatoes``, ``bbc_news``, ``tweets`` (offline), a local data file, or a
+            `datasets.load_dataset` name.
+        tokenizer: the student's tokenizer: a folder, an offline alias (``minilm-l6``) or a hub id.
+        teacher_tokenizer: the teacher's, when it differs; the batch then carries ``teacher_*`` inputs.
+        data_files: files for a builder ``source`` such as ``"csv"``.
+        split: split of the loaded dataset to read; compress re-splits it.
+        text_column: column with the text.
+        label_column: column with the label.
+        label_names: class names in id order (default: labels found, sorted; built-ins have their own).
+        test_size: test rows, as a fraction of all rows or a count.
+        val_size: validation rows, as a fraction of the rest or a count.
+        max_train_examples: keep at most this many training rows (stratified), before the transfer split.
+        max_eval_examples: keep at most this many validation and test rows each (stratified).
+        transfer_fraction: fraction of training rows whose labels are hidden (label -100): the student
+            learns them from the teacher only. In [0, 1).
+        include_transfer: keep the transfer rows in the training set; ``False`` trains on the labelled
+            rows only (the same rows for every value of this flag).
+        max_length: truncation length in tokens; batches are padded to their longest row only.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size.
+        seed: seed of every split.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        source: str = "rotten_tomatoes",
+        tokenizer: str = "minilm-l6",
+        teacher_tokenizer: str | None = None,
+        data_files: str | list[str] | None = None,
+        split: str = "train",
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+        test_size: int | float = 0.1,
+        val_size: int | float = 0.1,
+        max_train_examples: int | None = None,
+        max_eval_examples: int | None = None,
+        transfer_fraction: float = 0.0,
+        include_transfer: bool = True,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_settings(
+            test_size,
+            val_size,
+            max_train_examples,
+            max_eval_examples,
+            transfer_fraction,
+            max_length,
+            batch_size,
+            eval_batch_size,
+        )
+        self.save_hyperparameters()
+        self.splits: dict[str, datasets.Dataset] = {}
+
+    @cached_property
+    def raw(self) -> datasets.Dataset:
+        """All rows of the source, as ``text`` and ``label`` (ClassLabel)."""
+        h = self.hparams
+        return load_source(
+            h.source,
+            data_files=h.data_files,
+            split=h.split,
+            text_column=h.text_column,
+            label_column=h.label_column,
+            label_names=h.label_names,
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.raw.features["label"].names)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return _load_tokenizer(self.hparams.tokenizer, "data.tokenizer")
+
+    @cached_property
+    def teacher_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The teacher's tokenizer when it differs from the student's, else None (inputs are shared)."""
+        if self.hparams.teacher_tokenizer is None:
+            return None
+        teacher = _load_tokenizer(self.hparams.teacher_tokenizer, "data.teacher_tokenizer")
+        same = type(teacher) is type(self.tokenizer) and teacher.get_vocab() == self.tokenizer.get_vocab()
+        return None if same else teacher
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw_splits = split_rows(self.raw, self.hparams)
+        self.splits = {name: self._tokenize(ds) for name, ds in raw_splits.items()}
+
+    def _tokenize(self, ds: datasets.Dataset) -> datasets.Dataset:
+        def encode(batch):
+            out = dict(self.tokenizer(batch["text"], truncation=True, max_length=self.hparams.max_length))
+            if self.teacher_tokenizer is not None:
+                teacher = self.teacher_tokenizer(
+                    batch["text"], truncation=True, max_length=self.hparams.max_length
+                )
+                out.update({TEACHER_PREFIX + k: v for k, v in teacher.items()})
+            return out
+
+        ds = ds.map(encode, batched=True, remove_columns=["text"], desc="tokenize")
+        return ds.rename_column("label", "labels").with_format("torch")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        self.setup()
+        collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+        )
+
+
+class DynamicPadding:
+    """Pads each batch to its own longest row, student and teacher inputs each with their tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None):
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        student = [
+            {k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"} for r in rows
+        ]
+        batch = dict(self.tokenizer.pad(student, return_tensors="pt"))
+        batch["labels"] = torch.stack([torch.as_tensor(r["labels"]) for r in rows])
+        if self.teacher_tokenizer is not None:
+            teacher = [
+                {k[len(TEACHER_PREFIX) :]: v for k, v in r.items() if k.startswith(TEACHER_PREFIX)}
+                for r in rows
+            ]
+            padded = self.teacher_tokenizer.pad(teacher, return_tensors="pt")
+            batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
+        return batch
+
+
+def split_rows(raw: datasets.Dataset, h) -> dict[str, datasets.Dataset]:
+    """Deterministic stratified train/validation/test splits, limits and the transfer set, from ``h.seed``."""
+    rest, test = _stratified_split(raw, h.test_size, h.seed, "test_size")
+    train, val = _stratified_split(rest, h.val_size, h.seed, "val_size")
+    train = _stratified_take(train, h.max_train_examples, h.seed)
+    val, test = (_stratified_take(ds, h.max_eval_examples, h.seed) for ds in (val, test))
+    train = train.cast_column("label", datasets.Value("int64"))
+    if h.transfer_fraction > 0:
+        labelled, transfer = _stratified_split(train, h.transfer_fraction, h.seed, "transfer_fraction")
+        transfer = transfer.map(lambda b: {"label": [UNLABELLED] * len(b["label"])}, batched=True)
+        train = datasets.concatenate_datasets([labelled, transfer]) if h.include_transfer else labelled
+    splits = {"train": train, "validation": val, "test": test}
+    for name, ds in splits.items():
+        if len(ds) == 0:
+            raise ValueError(f"data: the {name} split is empty; lower test_size/val_size or use more rows")
+    return splits
+
+
+def _stratified_split(ds: datasets.Dataset, size: float | int, seed: int, field: str):
+    """(rest, part) with ``part`` holding ``size`` rows (fraction or count), class proportions kept."""
+    count = round(size * len(ds)) if isinstance(size, float) else size
+    if count <= 0 or count >= len(ds):
+        raise ValueError(
+            f"data.{field}: {size!r} leaves an empty split of {len(ds)} rows; choose a smaller value"
+        )
+    stratify = "label" if isinstance(ds.features["label"], datasets.ClassLabel) else None
+    if stratify is None:  # after the int64 cast: stratify through a temporary ClassLabel column
+        names = [str(i) for i in range(max(ds["label"]) + 1)]
+        ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    try:
+        parts = ds.train_test_split(test_size=count, stratify_by_column="label", seed=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"data.{field}: cannot split {len(ds)} rows by class ({err}); use more rows"
+        ) from err
+    if stratify is None:
+        parts = {k: v.cast_column("label", datasets.Value("int64")) for k, v in parts.items()}
+    return parts["train"], parts["test"]
+
+
+def _stratified_take(ds: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return _stratified_split(ds, limit, seed, "max_examples")[1]
+
+
+def _load_tokenizer(source: str, field: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_source(source))
+    except (OSError, FileNotFoundError, ValueError) as err:
+        raise ValueError(f"{field}: cannot load a tokenizer from {source!r} ({err})") from err
+
+
+def _check_settings(test_size, val_size, max_train, max_eval, transfer_fraction, max_length, *batch_sizes):
+    for field, size in (("test_size", test_size), ("val_size", val_size)):
+        if isinstance(size, float) and not 0 < size < 1 or isinstance(size, int) and size < 1:
+            raise ValueError(f"data.{field}: {size!r} must be a fraction in (0, 1) or a positive row count")
+    for field, limit in (("max_train_examples", max_train), ("max_eval_examples", max_eval)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"data.{field}: {limit!r} must be a positive row count or null (no limit)")
+    if not 0 <= transfer_fraction < 1:
+        raise ValueError(f"data.transfer_fraction: {transfer_fraction!r} must be in [0, 1)")
+    if max_length < 2:
+        raise ValueError(f"data.max_length: {max_length!r} must be at least 2 tokens")
+    if any(b < 1 for b in batch_sizes):
+        raise ValueError(f"data.batch_size / eval_batch_size: {batch_sizes} must be positive")

@@ -1,0 +1,184 @@
+"""`DistillationModule`: a frozen teacher teaches a student through a KD loss.
+
+Example:
+    >>> from compress.distill import KDLoss
+    >>> from compress.modules import DistillationModule
+    >>> from compress.peft import StudentFromTeacher
+    >>> module = DistillationModule(teacher="runs/demo/teacher", student=StudentFromTeacher(layers=[0, 2, 4]),
+    ...                             loss=KDLoss(alpha=0.5, temperature=2.0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+
+from compress.data import TEACHER_PREFIX
+from compress.distill.losses import KDLoss, hard_ce
+from compress.modules.checks import check_model_matches_data
+from compress.modules.loading import ModelSource, count_parameters, freeze, load_classifier, load_teacher
+from compress.modules.metrics import classification_metrics
+from compress.modules.optim import adamw_with_warmup, check_optimization
+from compress.modules.task import model_inputs
+from compress.peft.student import StudentFromTeacher
+
+TEACHER_KEY = "teacher."
+
+
+class DistillationModule(L.LightningModule):
+    """Trains ``student`` on ``loss(student_logits, teacher_logits, labels)`` with a frozen ``teacher``.
+
+    The teacher stays in eval mode without gradients, is left out of the optimizer and, unless
+    ``save_teacher`` is set, of checkpoints (it is reloaded from its source). Validation reports the
+    student's accuracy and macro-F1 every epoch and the teacher's once.
+
+    Args:
+        teacher: the fine-tuned teacher: a folder, an offline alias or a module.
+        student: a folder/alias/module, or a `StudentFromTeacher` recipe (default: half of the teacher's
+            layers, spread uniformly).
+        loss: the distillation loss (default ``KDLoss(alpha=0.5, temperature=2.0)``).
+        num_labels: the data's label count (linked by the CLI); checked against teacher and student.
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the optimizer steps spent warming up.
+        lr_schedule: ``linear`` decay after warm-up, or ``constant``.
+        save_teacher: also store the teacher's weights in checkpoints.
+    """
+
+    def __init__(
+        self,
+        teacher: str | nn.Module,
+        student: ModelSource | None = None,
+        loss: KDLoss | None = None,
+        num_labels: int | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        lr_schedule: Literal["linear", "constant"] = "linear",
+        save_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        check_optimization(learning_rate, weight_decay, warmup_ratio)
+        self.save_hyperparameters(
+            ignore=[
+                n
+                for n, v in (("teacher", teacher), ("student", student), ("loss", loss))
+                if isinstance(v, nn.Module)
+            ]
+        )
+        self.teacher = freeze(load_teacher(teacher, "model.teacher"))
+        depth = self.teacher.config.num_hidden_layers
+        recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
+        student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
+        self.student = student_model.train()  # from_pretrained returns eval mode; dropout must be on
+        self.loss = loss if loss is not None else KDLoss()
+        _check_pair(self.teacher, self.student, num_labels)
+        labels = self.student.config.num_labels
+        self.val_metrics = classification_metrics(labels, "val/")
+        self.test_metrics = classification_metrics(labels, "test/")
+        self.teacher_metrics = classification_metrics(labels, "val/teacher_")
+        self._teacher_evaluated = False
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        self.teacher.eval()  # Lightning switches the whole module to train mode each epoch
+        return self
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check_model_matches_data(self.student, datamodule, "model.student")
+        shared_inputs = getattr(datamodule, "teacher_tokenizer", None) is None
+        check_model_matches_data(
+            self.teacher, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
+        )
+        if stage == "fit":
+            self.print(
+                f"DistillationModule: student {count_parameters(self.student, True):,} trainable of "
+                f"{count_parameters(self.student):,}; teacher {count_parameters(self.teacher):,} frozen"
+            )
+
+    def on_fit_start(self) -> None:
+        trainable = [n for n, p in self.teacher.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ValueError(
+                f"model.teacher: {len(trainable)} teacher parameters require grad (e.g. {trainable[0]}); "
+                "the teacher must stay frozen: do not unfreeze it after building the module"
+            )
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.student(**model_inputs(batch)).logits
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in batch else ""
+        return self.teacher(**model_inputs(batch, prefix)).logits
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        parts = self.loss.components(self(batch), self.teacher_logits(batch), batch["labels"])
+        size = len(batch["labels"])
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({"train/hard": parts["hard"], "train/soft": parts["soft"]}, batch_size=size)
+        return parts["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        size = len(batch["labels"])
+        self.val_metrics.update(logits, batch["labels"])
+        self.log("val/loss", hard_ce(logits, batch["labels"]), batch_size=size)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=size)
+        if not self._teacher_evaluated and not self.trainer.sanity_checking:
+            self.teacher_metrics.update(self.teacher_logits(batch), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._teacher_evaluated and not self.trainer.sanity_checking:
+            self.log_dict(self.teacher_metrics.compute())
+            self.teacher_metrics.reset()
+            self._teacher_evaluated = True
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        self.test_metrics.update(logits, batch["labels"])
+        self.log("test/loss", hard_ce(logits, batch["labels"]), batch_size=len(batch["labels"]))
+        self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self(batch).argmax(-1)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return adamw_with_warmup(
+            self,
+            self.student.named_parameters(),
+            h.learning_rate,
+            h.weight_decay,
+            h.warmup_ratio,
+            decay=h.lr_schedule == "linear",
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.hparams.save_teacher:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TEACHER_KEY)]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        if not any(k.startswith(TEACHER_KEY) for k in state):  # teacher left out: keep the loaded one
+            state.update({TEACHER_KEY + k: v for k, v in self.teacher.state_dict().items()})
+
+
+def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
+    t, s = teacher.config.num_labels, student.config.num_labels
+    if t != s:
+        raise ValueError(
+            f"model.student: the student has {s} labels, the teacher {t}; they must agree "
+            "(build the student from the teacher, or load one with the teacher's label set)"
+        )
+    if num_labels is not None and num_labels != t:
+        raise ValueError(
+            f"model.num_labels: the data has {num_labels} labels but the teacher {t}; use a "
+            "teacher fine-tuned on this data"
+        )

@@ -1,0 +1,66 @@
+"""Turning a model source (folder, alias, module, or student recipe) into a sequence classifier."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+from compress.assets import resolve_model_source
+from compress.peft.student import StudentFromTeacher
+
+ModelSource = str | nn.Module | StudentFromTeacher
+
+
+def load_classifier(
+    source: ModelSource, num_labels: int | None, field: str, teacher: PreTrainedModel | None = None
+) -> nn.Module:
+    """A sequence-classification model from ``source``; ``field`` names the setting in errors."""
+    if isinstance(source, nn.Module):
+        return source
+    if isinstance(source, StudentFromTeacher):
+        if source.source is not None:
+            teacher = load_classifier(source.source, num_labels, f"{field}.source")
+        if teacher is None:
+            raise ValueError(
+                f"{field}: StudentFromTeacher needs `source` (a model folder or alias such as "
+                "minilm-l6) when there is no distillation teacher to copy from"
+            )
+        return source.build(teacher)
+    path = resolve_model_source(source)
+    config = AutoConfig.from_pretrained(path)
+    if num_labels is not None and _is_classifier(config) and config.num_labels != num_labels:
+        raise ValueError(
+            f"{field}: {source!r} has a classifier head with {config.num_labels} labels but the "
+            f"data has {num_labels}; use a model fine-tuned on this label set, or its base model"
+        )
+    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+
+def load_teacher(source: str | nn.Module, field: str = "teacher") -> nn.Module:
+    """A fine-tuned teacher: refuses a base model whose classifier head would be random."""
+    if isinstance(source, str):
+        path = resolve_model_source(source)
+        if not _is_classifier(AutoConfig.from_pretrained(path)):
+            raise ValueError(
+                f"{field}: {source!r} is not a fine-tuned classifier (its config lists no "
+                "*ForSequenceClassification architecture); fine-tune it first with TaskModule "
+                "(`compress fit --config configs/demo/teacher.yaml`) and pass the saved folder"
+            )
+    return load_classifier(source, None, field)
+
+
+def _is_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients, for a teacher."""
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,104 @@
+"""`TaskModule`: fine-tune a sequence classifier on labels (the teacher, or a student without a teacher).
+
+Example:
+    >>> from lightning.pytorch import Trainer
+    >>> from compress.data import TextClassificationDataModule
+    >>> from compress.modules import TaskModule
+    >>> data = TextClassificationDataModule("rotten_tomatoes", max_train_examples=64, max_eval_examples=32)
+    >>> trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    >>> trainer.fit(TaskModule("minilm-l6", num_labels=data.num_labels), datamodule=data)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as L
+from torch import Tensor
+
+from compress.distill.losses import hard_ce
+from compress.modules.checks import check_model_matches_data
+from compress.modules.loading import ModelSource, count_parameters, load_classifier
+from compress.modules.metrics import classification_metrics
+from compress.modules.optim import adamw_with_warmup, check_optimization
+from compress.peft.student import StudentFromTeacher  # noqa: F401  (a ModelSource option in YAML)
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """The model's inputs of a batch (``prefix="teacher_"`` for the teacher's own tokenisation)."""
+    return {k: batch[prefix + k] for k in INPUT_KEYS if prefix + k in batch}
+
+
+class TaskModule(L.LightningModule):
+    """Fine-tunes any `AutoModelForSequenceClassification`-style model with cross-entropy.
+
+    Args:
+        model: a folder, an offline alias (``minilm-l6``), a hub id, a module, or a `StudentFromTeacher`
+            recipe with ``source``.
+        num_labels: size of the classifier head (the CLI links it from the data).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        warmup_ratio: fraction of the optimizer steps spent warming up linearly.
+        lr_schedule: ``linear`` decay to 0 after warm-up, or ``constant``.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource = "minilm-l6",
+        num_labels: int | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        lr_schedule: Literal["linear", "constant"] = "linear",
+    ) -> None:
+        super().__init__()
+        check_optimization(learning_rate, weight_decay, warmup_ratio)
+        self.save_hyperparameters(ignore=[] if isinstance(model, (str, StudentFromTeacher)) else ["model"])
+        # from_pretrained returns eval mode and Lightning keeps module modes: dropout must be on to train
+        self.model = load_classifier(model, num_labels, "model.model").train()
+        labels = self.model.config.num_labels
+        self.val_metrics = classification_metrics(labels, "val/")
+        self.test_metrics = classification_metrics(labels, "test/")
+
+    def setup(self, stage: str) -> None:
+        check_model_matches_data(self.model, getattr(self.trainer, "datamodule", None), "model")
+        if stage == "fit":
+            total, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
+            self.print(f"TaskModule: {trainable:,} trainable of {total:,} parameters")
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(**model_inputs(batch)).logits
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = hard_ce(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val/loss")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test/loss")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self(batch).argmax(-1)
+
+    def _evaluate(self, batch, metrics, loss_name: str) -> None:
+        logits = self(batch)
+        metrics.update(logits, batch["labels"])
+        size = len(batch["labels"])
+        self.log(loss_name, hard_ce(logits, batch["labels"]), batch_size=size)
+        self.log_dict(metrics, prog_bar=True, batch_size=size)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return adamw_with_warmup(
+            self,
+            self.model.named_parameters(),
+            h.learning_rate,
+            h.weight_decay,
+            h.warmup_ratio,
+            decay=h.lr_schedule == "linear",
+        )
