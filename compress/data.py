@@ -1,4 +1,4 @@
-"""`TextClassificationDataModule`: offline or `datasets` text, stratified splits, a transfer set, dynamic padding.
+"""`TextClassificationDataModule`: offline or `datasets` text, stratified splits, transfer set, padding.
 
 Example:
     >>> from compress.data import TextClassificationDataModule
@@ -11,13 +11,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 
 import datasets
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from compress.assets import resolve_model_source
@@ -158,14 +158,36 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         self.setup()
+        dataset = self.splits[split]
+        sampler = EpochShuffle(len(dataset), self.hparams.seed) if shuffle else None
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=collate,
             num_workers=self.hparams.num_workers,
         )
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation drawn from ``(seed, epoch)`` alone: the same order after a resume as without one.
+
+    Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class DynamicPadding:

@@ -76,8 +76,10 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     t = temperature
     if student_logits.shape[0] == 0:  # no valid position in the batch
         return student_logits.sum() * 0.0
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=-1)
+    student_logits = _at_least_fp32(student_logits.reshape(-1, student_logits.shape[-1]))
+    teacher_logits = _at_least_fp32(teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]))
+    log_p_student = F.log_softmax(student_logits / t, dim=-1)
+    p_teacher = F.softmax(teacher_logits / t, dim=-1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * t**2
 
 
@@ -85,17 +87,28 @@ def hard_ce(student_logits: Tensor, labels: Tensor | None) -> Tensor:
     """Mean cross-entropy over labelled rows; exactly 0 (with a graph) when there are none."""
     if labels is None or not bool((labels != IGNORE_INDEX).any()):
         return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits.float(), labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(_at_least_fp32(student_logits), labels, ignore_index=IGNORE_INDEX)
+
+
+def _at_least_fp32(logits: Tensor) -> Tensor:
+    """fp16/bf16 logits are upcast (softmax and KL are precision-sensitive); fp64 stays fp64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def _flatten(student: Tensor, teacher: Tensor, labels: Tensor | None, mask: Tensor | None):
     if student.shape != teacher.shape:
         raise ValueError(
-            f"KDLoss: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ; "
+            f"KDLoss: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} "
+            "differ; "
             "teacher and student must share the label set (num_labels) and the sequence positions"
         )
     if student.dim() == 2:
         return student, teacher, labels
+    if mask is not None and mask.shape != student.shape[:-1]:
+        raise ValueError(
+            f"KDLoss: attention_mask {tuple(mask.shape)} must match the logits' positions "
+            f"{tuple(student.shape[:-1])}"
+        )
     keep = (
         torch.ones(student.shape[:-1], dtype=torch.bool, device=student.device)
         if mask is None

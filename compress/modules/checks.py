@@ -14,15 +14,17 @@ def check_model_matches_data(
     config = model.config
     if datamodule.num_labels != config.num_labels:
         raise ValueError(
-            f"{field}: the model head has {config.num_labels} labels but the data ({datamodule.hparams.source!r}) "
-            f"has {datamodule.num_labels} ({datamodule.label_names}); set model num_labels to "
+            f"{field}: the model head has {config.num_labels} labels but the data "
+            f"({datamodule.hparams.source!r}) has {datamodule.num_labels} ({datamodule.label_names}); "
+            f"set model num_labels to "
             f"{datamodule.num_labels} or use a model fine-tuned on this label set"
         )
     tokenizer = getattr(datamodule, tokenizer_attr, None)
     vocabulary = model.get_input_embeddings().num_embeddings
     if tokenizer is not None and len(tokenizer) > vocabulary:
         raise ValueError(
-            f"{field}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {vocabulary}; "
+            f"{field}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
+            f"{vocabulary}; "
             "use the model's own tokenizer (data.tokenizer / data.teacher_tokenizer)"
         )
     config.id2label = dict(enumerate(datamodule.label_names))

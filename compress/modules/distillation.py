@@ -19,9 +19,17 @@ from torch import Tensor, nn
 from compress.data import TEACHER_PREFIX
 from compress.distill.losses import KDLoss, hard_ce
 from compress.modules.checks import check_model_matches_data
-from compress.modules.loading import ModelSource, count_parameters, freeze, load_classifier, load_teacher
+from compress.modules.loading import (
+    ModelSource,
+    count_parameters,
+    freeze,
+    load_classifier,
+    load_teacher,
+    storable_args,
+)
 from compress.modules.metrics import classification_metrics
 from compress.modules.optim import adamw_with_warmup, check_optimization
+from compress.modules.rng import RNGState
 from compress.modules.task import model_inputs
 from compress.peft.student import StudentFromTeacher
 
@@ -62,19 +70,14 @@ class DistillationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
-        self.save_hyperparameters(
-            ignore=[
-                n
-                for n, v in (("teacher", teacher), ("student", student), ("loss", loss))
-                if isinstance(v, nn.Module)
-            ]
-        )
+        self.save_hyperparameters(ignore=["teacher", "student", "loss"])
+        self.hparams.update(storable_args(teacher=teacher, student=student, loss=loss))
         self.teacher = freeze(load_teacher(teacher, "model.teacher"))
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
         self.student = student_model.train()  # from_pretrained returns eval mode; dropout must be on
-        self.loss = loss if loss is not None else KDLoss()
+        self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
         _check_pair(self.teacher, self.student, num_labels)
         labels = self.student.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
@@ -146,6 +149,9 @@ class DistillationModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch).argmax(-1)
+
+    def configure_callbacks(self) -> list:
+        return [RNGState()]
 
     def configure_optimizers(self):
         h = self.hparams

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
@@ -15,6 +18,8 @@ def load_classifier(
     source: ModelSource, num_labels: int | None, field: str, teacher: PreTrainedModel | None = None
 ) -> nn.Module:
     """A sequence-classification model from ``source``; ``field`` names the setting in errors."""
+    if isinstance(source, dict):  # a recipe as stored in a checkpoint's hyper-parameters
+        source = StudentFromTeacher(**source)
     if isinstance(source, nn.Module):
         return source
     if isinstance(source, StudentFromTeacher):
@@ -64,3 +69,22 @@ def freeze(module: nn.Module) -> nn.Module:
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def storable_args(**args: Any) -> dict[str, Any]:
+    """Init arguments in a form that checkpoints store and ``torch.load(weights_only=True)`` reads back.
+
+    Recipes become dicts; modules other than a plain `KDLoss` are left out (pass them again to
+    ``load_from_checkpoint``).
+    """
+    from compress.distill.losses import KDLoss
+
+    stored = {}
+    for name, value in args.items():
+        if isinstance(value, StudentFromTeacher):
+            stored[name] = asdict(value)
+        elif type(value) is KDLoss:
+            stored[name] = {"alpha": value.alpha, "temperature": value.temperature}
+        elif not isinstance(value, nn.Module):
+            stored[name] = value
+    return stored

@@ -18,10 +18,10 @@ from torch import Tensor
 
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_model_matches_data
-from compress.modules.loading import ModelSource, count_parameters, load_classifier
+from compress.modules.loading import ModelSource, count_parameters, load_classifier, storable_args
 from compress.modules.metrics import classification_metrics
 from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.peft.student import StudentFromTeacher  # noqa: F401  (a ModelSource option in YAML)
+from compress.modules.rng import RNGState
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -55,7 +55,8 @@ class TaskModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
-        self.save_hyperparameters(ignore=[] if isinstance(model, (str, StudentFromTeacher)) else ["model"])
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams.update(storable_args(model=model))
         # from_pretrained returns eval mode and Lightning keeps module modes: dropout must be on to train
         self.model = load_classifier(model, num_labels, "model.model").train()
         labels = self.model.config.num_labels
@@ -91,6 +92,9 @@ class TaskModule(L.LightningModule):
         size = len(batch["labels"])
         self.log(loss_name, hard_ce(logits, batch["labels"]), batch_size=size)
         self.log_dict(metrics, prog_bar=True, batch_size=size)
+
+    def configure_callbacks(self) -> list:
+        return [RNGState()]
 
     def configure_optimizers(self):
         h = self.hparams

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.cli import CompressCLI, main
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parent.parent)))
+def test_every_config_parses(config, capsys):
+    first_line = config.read_text().splitlines()[0]
+    assert first_line.startswith("#"), "each config starts with a comment saying how to run it"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("compress.modules.")
+    assert printed["data"]["source"]
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  class_path: compress.modules.TaskModule\n  init_args:\n    learning_rat: 0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad), "--print_config"])
+    assert exit_info.value.code != 0
+    assert "learning_rat" in capsys.readouterr().err
+
+
+def test_fit_and_test_from_yaml_on_a_tiny_teacher(tiny_teacher_dir, tiny_csv, tmp_path):
+    args = [
+        "--config",
+        "configs/tiny/distill.yaml",
+        f"--model.init_args.teacher={tiny_teacher_dir}",
+        f"--data.source={tiny_csv}",
+        "--data.text_column=review",
+        "--data.label_column=sentiment",
+        "--data.test_size=12",
+        "--data.val_size=12",
+        "--data.max_train_examples=null",
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    cli = CompressCLI(args=args, run=False)
+    assert cli.model.hparams.num_labels == 3  # linked from the data
+    assert cli.model.student.config.num_hidden_layers == 2
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and cli.trainer.global_step == 2
+
+
+def test_model_alias_resolves_to_the_offline_folder():
+    from compress.assets import resolve_model_source
+
+    folder = Path(resolve_model_source("minilm-l6"))
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        resolve_model_source("./no/such/folder")
