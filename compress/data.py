@@ -78,17 +78,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_settings(
-            test_size,
-            val_size,
-            max_train_examples,
-            max_eval_examples,
-            transfer_fraction,
-            max_length,
-            batch_size,
-            eval_batch_size,
-        )
         self.save_hyperparameters()
+        _check_settings(self.hparams)
         self.splits: dict[str, datasets.Dataset] = {}
 
     @cached_property
@@ -265,16 +256,18 @@ def _load_tokenizer(source: str, field: str) -> PreTrainedTokenizerBase:
         raise ValueError(f"{field}: cannot load a tokenizer from {source!r} ({err})") from err
 
 
-def _check_settings(test_size, val_size, max_train, max_eval, transfer_fraction, max_length, *batch_sizes):
-    for field, size in (("test_size", test_size), ("val_size", val_size)):
+def _check_settings(h) -> None:
+    for field in ("test_size", "val_size"):
+        size = h[field]
         if isinstance(size, float) and not 0 < size < 1 or isinstance(size, int) and size < 1:
             raise ValueError(f"data.{field}: {size!r} must be a fraction in (0, 1) or a positive row count")
-    for field, limit in (("max_train_examples", max_train), ("max_eval_examples", max_eval)):
-        if limit is not None and limit < 1:
-            raise ValueError(f"data.{field}: {limit!r} must be a positive row count or null (no limit)")
-    if not 0 <= transfer_fraction < 1:
-        raise ValueError(f"data.transfer_fraction: {transfer_fraction!r} must be in [0, 1)")
-    if max_length < 2:
-        raise ValueError(f"data.max_length: {max_length!r} must be at least 2 tokens")
-    if any(b < 1 for b in batch_sizes):
-        raise ValueError(f"data.batch_size / eval_batch_size: {batch_sizes} must be positive")
+    for field in ("max_train_examples", "max_eval_examples"):
+        if h[field] is not None and h[field] < 1:
+            raise ValueError(f"data.{field}: {h[field]!r} must be a positive row count or null (no limit)")
+    if not 0 <= h.transfer_fraction < 1:
+        raise ValueError(f"data.transfer_fraction: {h.transfer_fraction!r} must be in [0, 1)")
+    if h.max_length < 2:
+        raise ValueError(f"data.max_length: {h.max_length!r} must be at least 2 tokens")
+    for field in ("batch_size", "eval_batch_size"):
+        if h[field] < 1:
+            raise ValueError(f"data.{field}: {h[field]!r} must be a positive number of rows")

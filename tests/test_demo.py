@@ -10,8 +10,15 @@ from compress.demo import main
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data.max_train_examples=120", "data.test_size=64", "data.val_size=32", "trainer.max_steps=3",
-         "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
+SMALL = [
+    "data.max_train_examples=120",
+    "data.test_size=64",
+    "data.val_size=32",
+    "trainer.max_steps=3",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def test_demo_runs_saves_stock_models_and_reuses_finished_stages(tmp_path, capsys):

@@ -27,5 +27,11 @@ def check_model_matches_data(
             f"{vocabulary}; "
             "use the model's own tokenizer (data.tokenizer / data.teacher_tokenizer)"
         )
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and datamodule.hparams.max_length > positions:
+        raise ValueError(
+            f"data.max_length: {datamodule.hparams.max_length} exceeds the {positions} positions of {field}; "
+            f"set data.max_length <= {positions}"
+        )
     config.id2label = dict(enumerate(datamodule.label_names))
     config.label2id = {name: i for i, name in config.id2label.items()}

@@ -87,7 +87,7 @@ class DistillationModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)
-        self.teacher.eval()  # Lightning switches the whole module to train mode each epoch
+        self.teacher.eval()  # module.train() (by a user, a callback or a loop) must not wake the teacher
         return self
 
     def setup(self, stage: str) -> None:

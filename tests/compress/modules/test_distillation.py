@@ -8,7 +8,7 @@ from compress.data import TextClassificationDataModule
 from compress.distill import KDLoss
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher
-from tests.conftest import tiny_bert
+from tests.conftest import WORDS, tiny_bert
 
 
 def trainer(tmp_path=None, **kwargs) -> Trainer:
@@ -188,3 +188,48 @@ def test_task_module_learns_the_labels(tiny_data_kwargs):
     t.fit(m, datamodule=data)
     metrics = t.test(m, datamodule=data, verbose=False)[0]
     assert metrics["test/acc"] > 0.8  # the classes have disjoint vocabularies
+
+
+def test_bf16_mixed_precision_trains(tiny_teacher_dir, tiny_data_kwargs):
+    m = module(tiny_teacher_dir)
+    before = student_state(m)
+    t = trainer(max_steps=2, limit_val_batches=1, precision="bf16-mixed")
+    t.fit(m, datamodule=TextClassificationDataModule(**tiny_data_kwargs, transfer_fraction=0.5))
+    assert torch.isfinite(t.callback_metrics["train/loss"])
+    assert any(not torch.equal(v, m.student.state_dict()[k]) for k, v in before.items())
+
+
+def test_teacher_with_its_own_tokenizer(tiny_data_kwargs, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(" ".join(WORDS.values()).split()))]
+    vocab.write_text("\n".join(words))
+    teacher_dir = tmp_path / "teacher"
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(teacher_dir)
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=3,
+        )
+    ).save_pretrained(teacher_dir)
+    m = DistillationModule(teacher=str(teacher_dir), student=tiny_bert(num_labels=3, layers=1))
+    shared = TextClassificationDataModule(**tiny_data_kwargs)
+    with pytest.raises(
+        ValueError, match="model.teacher: the tokenizer has 30522 tokens but the model's embeddings"
+    ):
+        trainer(max_steps=1).fit(m, datamodule=shared)
+    separate = TextClassificationDataModule(**tiny_data_kwargs, teacher_tokenizer=str(teacher_dir))
+    t = trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    t.fit(m, datamodule=separate)
+    assert t.global_step == 2 and "val/teacher_acc" in t.logged_metrics
+
+
+def test_max_length_beyond_the_model_positions(tiny_teacher_dir, tiny_data_kwargs):
+    data = TextClassificationDataModule(**{**tiny_data_kwargs, "max_length": 512})
+    with pytest.raises(ValueError, match="data.max_length: 512 exceeds the 128 positions"):
+        trainer(max_steps=1).fit(module(tiny_teacher_dir), datamodule=data)
