@@ -63,3 +63,14 @@ def test_model_alias_resolves_to_the_offline_folder():
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="not a folder"):
         resolve_model_source("./no/such/folder")
+
+
+@pytest.mark.parametrize(("subcommand", "metric"), [("validate", "val/acc"), ("test", "test/acc")])
+def test_validate_and_test_subcommands(subcommand, metric, tiny_teacher_dir, tiny_csv, tmp_path):
+    cli = CompressCLI(args=[
+        subcommand, "--config", "configs/tiny/distill.yaml", f"--model.init_args.teacher={tiny_teacher_dir}",
+        f"--data.source={tiny_csv}", "--data.text_column=review", "--data.label_column=sentiment",
+        "--data.test_size=12", "--data.val_size=12", "--data.max_train_examples=null",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+    ])  # fmt: skip
+    assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
+from peft import PeftConfig
 from torch import Tensor, nn
 
 from compress.data import TEACHER_PREFIX
@@ -31,6 +32,7 @@ from compress.modules.metrics import classification_metrics
 from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
 from compress.modules.task import model_inputs
+from compress.peft.adapters import attach_adapter
 from compress.peft.student import StudentFromTeacher
 
 TEACHER_KEY = "teacher."
@@ -54,6 +56,8 @@ class DistillationModule(L.LightningModule):
         warmup_ratio: fraction of the optimizer steps spent warming up.
         lr_schedule: ``linear`` decay after warm-up, or ``constant``.
         save_teacher: also store the teacher's weights in checkpoints.
+        adapter: a peft config for the student (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt
+            tuning): only the adapter and the classifier head train.
     """
 
     def __init__(
@@ -67,16 +71,19 @@ class DistillationModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         lr_schedule: Literal["linear", "constant"] = "linear",
         save_teacher: bool = False,
+        adapter: PeftConfig | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
         self.save_hyperparameters(ignore=["teacher", "student", "loss"])
-        self.hparams.update(storable_args(teacher=teacher, student=student, loss=loss))
+        self.hparams.update(storable_args(teacher=teacher, student=student, loss=loss, adapter=adapter))
         self.teacher = freeze(load_teacher(teacher, "model.teacher"))
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
         self.student = student_model.train()  # from_pretrained returns eval mode; dropout must be on
+        if adapter is not None:
+            self.student = attach_adapter(self.student, adapter)
         self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
         _check_pair(self.teacher, self.student, num_labels)
         labels = self.student.config.num_labels

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from peft import PeftConfig
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.assets import resolve_model_source
+from compress.peft.adapters import peft_config_to_dict
 from compress.peft.student import StudentFromTeacher
 
 ModelSource = str | nn.Module | StudentFromTeacher
@@ -81,7 +83,9 @@ def storable_args(**args: Any) -> dict[str, Any]:
 
     stored = {}
     for name, value in args.items():
-        if isinstance(value, StudentFromTeacher):
+        if isinstance(value, PeftConfig):
+            stored[name] = peft_config_to_dict(value)
+        elif isinstance(value, StudentFromTeacher):
             stored[name] = asdict(value)
         elif type(value) is KDLoss:
             stored[name] = {"alpha": value.alpha, "temperature": value.temperature}

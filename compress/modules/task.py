@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import lightning.pytorch as L
+from peft import PeftConfig
 from torch import Tensor
 
 from compress.distill.losses import hard_ce
@@ -22,6 +23,7 @@ from compress.modules.loading import ModelSource, count_parameters, load_classif
 from compress.modules.metrics import classification_metrics
 from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
+from compress.peft.adapters import attach_adapter
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -42,6 +44,8 @@ class TaskModule(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to biases and norms).
         warmup_ratio: fraction of the optimizer steps spent warming up linearly.
         lr_schedule: ``linear`` decay to 0 after warm-up, or ``constant``.
+        adapter: a peft config (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt tuning): only the
+            adapter and the classifier head train.
     """
 
     def __init__(
@@ -52,13 +56,16 @@ class TaskModule(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
         lr_schedule: Literal["linear", "constant"] = "linear",
+        adapter: PeftConfig | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
         self.save_hyperparameters(ignore=["model"])
-        self.hparams.update(storable_args(model=model))
+        self.hparams.update(storable_args(model=model, adapter=adapter))
         # from_pretrained returns eval mode and Lightning keeps module modes: dropout must be on to train
         self.model = load_classifier(model, num_labels, "model.model").train()
+        if adapter is not None:
+            self.model = attach_adapter(self.model, adapter)
         labels = self.model.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")

@@ -2,6 +2,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from peft import LoraConfig
 from transformers import BertConfig, BertModel
 
 from compress.data import TextClassificationDataModule
@@ -95,12 +96,17 @@ class StopAfterEpochs(Callback):
             trainer.should_stop = True
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_teacher_dir, tiny_data_kwargs, tmp_path):
+@pytest.mark.parametrize(
+    "adapter",
+    [None, LoraConfig(r=4, target_modules=["query", "value"], lora_dropout=0.1)],
+    ids=["full", "lora"],
+)
+def test_resume_matches_an_uninterrupted_run(adapter, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
     data_kwargs = {**tiny_data_kwargs, "transfer_fraction": 0.5}
 
     def run(root, ckpt_path=None, callbacks=()):
         seed_everything(7)
-        m = module(tiny_teacher_dir, warmup_ratio=0.2)  # warm-up then linear decay over all 3 epochs
+        m = module(tiny_teacher_dir, warmup_ratio=0.2, adapter=adapter)  # warm-up, then decay over 3 epochs
         checkpoint = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
         t = trainer(
             root,
