@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Literal
 
 import lightning.pytorch as L
@@ -18,6 +19,7 @@ from peft import PeftConfig
 from torch import Tensor, nn
 
 from compress.data import TEACHER_PREFIX
+from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
 from compress.distill.losses import KDLoss, hard_ce
 from compress.modules.checks import check_model_matches_data
 from compress.modules.loading import (
@@ -58,6 +60,8 @@ class DistillationModule(L.LightningModule):
         save_teacher: also store the teacher's weights in checkpoints.
         adapter: a peft config for the student (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt
             tuning): only the adapter and the classifier head train.
+        intermediate: also match hidden states / attention maps of mapped layers (TinyBERT-style);
+            needs shared inputs (one tokenizer).
     """
 
     def __init__(
@@ -72,11 +76,16 @@ class DistillationModule(L.LightningModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         save_teacher: bool = False,
         adapter: PeftConfig | None = None,
+        intermediate: IntermediateDistillation | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
         self.save_hyperparameters(ignore=["teacher", "student", "loss"])
-        self.hparams.update(storable_args(teacher=teacher, student=student, loss=loss, adapter=adapter))
+        self.hparams.update(
+            storable_args(
+                teacher=teacher, student=student, loss=loss, adapter=adapter, intermediate=intermediate
+            )
+        )
         self.teacher = freeze(load_teacher(teacher, "model.teacher"))
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
@@ -86,6 +95,7 @@ class DistillationModule(L.LightningModule):
             self.student = attach_adapter(self.student, adapter)
         self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
         _check_pair(self.teacher, self.student, num_labels)
+        self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
         labels = self.student.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")
@@ -101,6 +111,11 @@ class DistillationModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         check_model_matches_data(self.student, datamodule, "model.student")
         shared_inputs = getattr(datamodule, "teacher_tokenizer", None) is None
+        if self.intermediate is not None and not shared_inputs:
+            raise ValueError(
+                "model.intermediate: layer matching needs the same token positions in both models, "
+                "but data.teacher_tokenizer differs from data.tokenizer; drop one of the two settings"
+            )
         check_model_matches_data(
             self.teacher, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
         )
@@ -123,14 +138,33 @@ class DistillationModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        return self._teacher_outputs(batch).logits
+
+    @torch.no_grad()
+    def _teacher_outputs(self, batch: dict[str, Tensor], **flags):
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in batch else ""
-        return self.teacher(**model_inputs(batch, prefix)).logits
+        return self.teacher(**model_inputs(batch, prefix), **flags)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        parts = self.loss.components(self(batch), self.teacher_logits(batch), batch["labels"])
+        flags = {}
+        if self.intermediate is not None:
+            flags = {"output_hidden_states": True, "output_attentions": self.intermediate.needs_attentions}
+        student, teacher = self.student(**model_inputs(batch), **flags), self._teacher_outputs(batch, **flags)
+        parts = self.loss.components(student.logits, teacher.logits, batch["labels"])
+        logged = {"train/hard": parts["hard"], "train/soft": parts["soft"]}
+        if self.intermediate is not None:
+            matched = self.intermediate(
+                student.hidden_states,
+                teacher.hidden_states,
+                batch.get("attention_mask"),
+                student.attentions,
+                teacher.attentions,
+            )
+            parts["loss"] = parts["loss"] + matched["loss"]
+            logged.update({"train/hidden": matched["hidden"], "train/attention": matched["attention"]})
         size = len(batch["labels"])
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
-        self.log_dict({"train/hard": parts["hard"], "train/soft": parts["soft"]}, batch_size=size)
+        self.log_dict(logged, batch_size=size)
         return parts["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -162,9 +196,10 @@ class DistillationModule(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
+        extra = self.intermediate.named_parameters() if self.intermediate is not None else ()
         return adamw_with_warmup(
             self,
-            self.student.named_parameters(),
+            chain(self.student.named_parameters(), extra),
             h.learning_rate,
             h.weight_decay,
             h.warmup_ratio,
@@ -195,3 +230,15 @@ def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) 
             f"model.num_labels: the data has {num_labels} labels but the teacher {t}; use a "
             "teacher fine-tuned on this data"
         )
+
+
+def _build_intermediate(settings, student: nn.Module, teacher: nn.Module) -> IntermediateLoss | None:
+    if settings is None:
+        return None
+    settings = IntermediateDistillation(**settings) if isinstance(settings, dict) else settings
+    s, t = student.config, teacher.config
+    matching = settings.build(s.num_hidden_layers, t.num_hidden_layers, s.hidden_size, t.hidden_size)
+    if matching.needs_attentions:  # sdpa kernels do not return attention maps
+        for model in (student, teacher):
+            model.set_attn_implementation("eager")
+    return matching

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from peft import PeftConfig
@@ -85,7 +85,7 @@ def storable_args(**args: Any) -> dict[str, Any]:
     for name, value in args.items():
         if isinstance(value, PeftConfig):
             stored[name] = peft_config_to_dict(value)
-        elif isinstance(value, StudentFromTeacher):
+        elif is_dataclass(value) and not isinstance(value, type):  # recipes and settings
             stored[name] = asdict(value)
         elif type(value) is KDLoss:
             stored[name] = {"alpha": value.alpha, "temperature": value.temperature}
