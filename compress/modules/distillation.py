@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from compress.data import TEACHER_PREFIX
 from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
 from compress.distill.losses import KDLoss, hard_ce
+from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.modules.checks import check_model_matches_data
 from compress.modules.loading import (
     ModelSource,
@@ -35,9 +36,10 @@ from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
 from compress.modules.task import model_inputs
 from compress.peft.adapters import attach_adapter
+from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.student import StudentFromTeacher
 
-TEACHER_KEY = "teacher."
+TEACHER_KEY = "teachers."
 
 
 class DistillationModule(L.LightningModule):
@@ -48,7 +50,8 @@ class DistillationModule(L.LightningModule):
     student's accuracy and macro-F1 every epoch and the teacher's once.
 
     Args:
-        teacher: the fine-tuned teacher: a folder, an offline alias or a module.
+        teacher: the fine-tuned teacher (a folder, an offline alias or a module), or a list of them:
+            their soft targets are averaged in probability space at the loss's temperature.
         student: a folder/alias/module, or a `StudentFromTeacher` recipe (default: half of the teacher's
             layers, spread uniformly).
         loss: the distillation loss (default ``KDLoss(alpha=0.5, temperature=2.0)``).
@@ -59,14 +62,15 @@ class DistillationModule(L.LightningModule):
         lr_schedule: ``linear`` decay after warm-up, or ``constant``.
         save_teacher: also store the teacher's weights in checkpoints.
         adapter: a peft config for the student (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt
-            tuning): only the adapter and the classifier head train.
+            tuning) or a `BottleneckConfig` (Houlsby/Pfeiffer): only the adapter and the head train.
         intermediate: also match hidden states / attention maps of mapped layers (TinyBERT-style);
-            needs shared inputs (one tokenizer).
+            needs shared inputs (one tokenizer) and a single teacher.
+        teacher_weights: weight of each teacher in the mixture (default: equal).
     """
 
     def __init__(
         self,
-        teacher: str | nn.Module,
+        teacher: str | nn.Module | list[str | nn.Module],
         student: ModelSource | None = None,
         loss: KDLoss | None = None,
         num_labels: int | None = None,
@@ -75,8 +79,9 @@ class DistillationModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         lr_schedule: Literal["linear", "constant"] = "linear",
         save_teacher: bool = False,
-        adapter: PeftConfig | None = None,
+        adapter: PeftConfig | BottleneckConfig | None = None,
         intermediate: IntermediateDistillation | None = None,
+        teacher_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
@@ -86,7 +91,16 @@ class DistillationModule(L.LightningModule):
                 teacher=teacher, student=student, loss=loss, adapter=adapter, intermediate=intermediate
             )
         )
-        self.teacher = freeze(load_teacher(teacher, "model.teacher"))
+        sources = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not sources:
+            raise ValueError(
+                "model.teacher: the list of teachers is empty; give at least one fine-tuned teacher"
+            )
+        self.teachers = nn.ModuleList(
+            freeze(load_teacher(src, "model.teacher" if len(sources) == 1 else f"model.teacher[{i}]"))
+            for i, src in enumerate(sources)
+        )
+        self.teacher_weights = normalized_weights(teacher_weights, len(sources))
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
@@ -94,7 +108,13 @@ class DistillationModule(L.LightningModule):
         if adapter is not None:
             self.student = attach_adapter(self.student, adapter)
         self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
-        _check_pair(self.teacher, self.student, num_labels)
+        for t in self.teachers:
+            _check_pair(t, self.student, num_labels)
+        if intermediate is not None and len(self.teachers) > 1:
+            raise ValueError(
+                "model.intermediate: layer matching takes a single teacher; drop `intermediate` "
+                "or give one teacher"
+            )
         self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
         labels = self.student.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
@@ -102,9 +122,14 @@ class DistillationModule(L.LightningModule):
         self.teacher_metrics = classification_metrics(labels, "val/teacher_")
         self._teacher_evaluated = False
 
+    @property
+    def teacher(self) -> nn.Module:
+        """The (first) teacher."""
+        return self.teachers[0]
+
     def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)
-        self.teacher.eval()  # module.train() (by a user, a callback or a loop) must not wake the teacher
+        self.teachers.eval()  # module.train() (by a user, a callback or a loop) must not wake the teacher
         return self
 
     def setup(self, stage: str) -> None:
@@ -116,17 +141,18 @@ class DistillationModule(L.LightningModule):
                 "model.intermediate: layer matching needs the same token positions in both models, "
                 "but data.teacher_tokenizer differs from data.tokenizer; drop one of the two settings"
             )
-        check_model_matches_data(
-            self.teacher, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
-        )
+        for t in self.teachers:
+            check_model_matches_data(
+                t, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
+            )
         if stage == "fit":
             self.print(
                 f"DistillationModule: student {count_parameters(self.student, True):,} trainable of "
-                f"{count_parameters(self.student):,}; teacher {count_parameters(self.teacher):,} frozen"
+                f"{count_parameters(self.student):,}; teacher {count_parameters(self.teachers):,} frozen"
             )
 
     def on_fit_start(self) -> None:
-        trainable = [n for n, p in self.teacher.named_parameters() if p.requires_grad]
+        trainable = [n for n, p in self.teachers.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(
                 f"model.teacher: {len(trainable)} teacher parameters require grad (e.g. {trainable[0]}); "
@@ -138,21 +164,24 @@ class DistillationModule(L.LightningModule):
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
-        return self._teacher_outputs(batch).logits
+        """The teacher's logits, or the teachers' mixture at the loss's temperature."""
+        logits = [self._teacher_outputs(batch, t).logits for t in self.teachers]
+        return average_teacher_logits(logits, self.teacher_weights, getattr(self.loss, "temperature", 1.0))
 
     @torch.no_grad()
-    def _teacher_outputs(self, batch: dict[str, Tensor], **flags):
+    def _teacher_outputs(self, batch: dict[str, Tensor], teacher: nn.Module, **flags):
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in batch else ""
-        return self.teacher(**model_inputs(batch, prefix), **flags)
+        return teacher(**model_inputs(batch, prefix), **flags)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        flags = {}
-        if self.intermediate is not None:
+        matched = None
+        if self.intermediate is None:
+            student_logits, teacher_logits = self(batch), self.teacher_logits(batch)
+        else:
             flags = {"output_hidden_states": True, "output_attentions": self.intermediate.needs_attentions}
-        student, teacher = self.student(**model_inputs(batch), **flags), self._teacher_outputs(batch, **flags)
-        parts = self.loss.components(student.logits, teacher.logits, batch["labels"])
-        logged = {"train/hard": parts["hard"], "train/soft": parts["soft"]}
-        if self.intermediate is not None:
+            student = self.student(**model_inputs(batch), **flags)
+            teacher = self._teacher_outputs(batch, self.teacher, **flags)
+            student_logits, teacher_logits = student.logits, teacher.logits
             matched = self.intermediate(
                 student.hidden_states,
                 teacher.hidden_states,
@@ -160,6 +189,9 @@ class DistillationModule(L.LightningModule):
                 student.attentions,
                 teacher.attentions,
             )
+        parts = self.loss.components(student_logits, teacher_logits, batch["labels"])
+        logged = {"train/hard": parts["hard"], "train/soft": parts["soft"]}
+        if matched is not None:
             parts["loss"] = parts["loss"] + matched["loss"]
             logged.update({"train/hidden": matched["hidden"], "train/attention": matched["attention"]})
         size = len(batch["labels"])
@@ -214,8 +246,8 @@ class DistillationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        if not any(k.startswith(TEACHER_KEY) for k in state):  # teacher left out: keep the loaded one
-            state.update({TEACHER_KEY + k: v for k, v in self.teacher.state_dict().items()})
+        if not any(k.startswith(TEACHER_KEY) for k in state):  # teachers left out: keep the loaded ones
+            state.update({TEACHER_KEY + k: v for k, v in self.teachers.state_dict().items()})
 
 
 def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:

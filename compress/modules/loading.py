@@ -89,6 +89,8 @@ def storable_args(**args: Any) -> dict[str, Any]:
             stored[name] = asdict(value)
         elif type(value) is KDLoss:
             stored[name] = {"alpha": value.alpha, "temperature": value.temperature}
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value):
+            continue  # a list of modules: pass it again to load_from_checkpoint
         elif not isinstance(value, nn.Module):
             stored[name] = value
     return stored

@@ -24,6 +24,7 @@ from compress.modules.metrics import classification_metrics
 from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
 from compress.peft.adapters import attach_adapter
+from compress.peft.bottleneck import BottleneckConfig
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -44,8 +45,8 @@ class TaskModule(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to biases and norms).
         warmup_ratio: fraction of the optimizer steps spent warming up linearly.
         lr_schedule: ``linear`` decay to 0 after warm-up, or ``constant``.
-        adapter: a peft config (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt tuning): only the
-            adapter and the classifier head train.
+        adapter: a peft config (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt tuning) or a
+            `BottleneckConfig` (Houlsby/Pfeiffer): only the adapter and the classifier head train.
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class TaskModule(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
         lr_schedule: Literal["linear", "constant"] = "linear",
-        adapter: PeftConfig | None = None,
+        adapter: PeftConfig | BottleneckConfig | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)

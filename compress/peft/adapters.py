@@ -18,18 +18,26 @@ import json
 from enum import Enum
 from typing import Any
 
-from peft import PeftConfig, PeftModel, TaskType, get_peft_config, get_peft_model
+from peft import PeftConfig, TaskType, get_peft_config, get_peft_model
 from torch import nn
 
-PeftConfigLike = PeftConfig | dict
+from compress.peft.bottleneck import BottleneckConfig, add_bottleneck_adapters
+
+AdapterConfig = PeftConfig | BottleneckConfig
 
 
-def attach_adapter(model: nn.Module, config: PeftConfigLike) -> PeftModel:
-    """Wraps ``model`` with a peft adapter; only adapter weights and the classifier head stay trainable.
+def attach_adapter(model: nn.Module, config: AdapterConfig | dict) -> nn.Module:
+    """Adds an adapter; only adapter weights and the classifier head stay trainable.
 
-    A config without ``task_type`` gets ``SEQ_CLS`` so peft keeps the classification head trainable
-    (``modules_to_save``); ``config`` itself is not modified.
+    A peft config wraps the model in a `PeftModel`; one without ``task_type`` gets ``SEQ_CLS`` so peft
+    keeps the classification head trainable (``modules_to_save``); ``config`` itself is not modified.
+    A `BottleneckConfig` inserts bottleneck adapters in place. A dict is a config as stored in a
+    checkpoint.
     """
+    if isinstance(config, dict) and "placement" in config:
+        config = BottleneckConfig(**config)
+    if isinstance(config, BottleneckConfig):
+        return add_bottleneck_adapters(model, config)
     config = as_peft_config(config)
     if config.task_type is None:
         config = copy.deepcopy(config)
@@ -42,7 +50,7 @@ def attach_adapter(model: nn.Module, config: PeftConfigLike) -> PeftModel:
     return get_peft_model(model, config)
 
 
-def as_peft_config(config: PeftConfigLike) -> PeftConfig:
+def as_peft_config(config: PeftConfig | dict) -> PeftConfig:
     """A `PeftConfig` from itself or from the dict `peft_config_to_dict` stored in a checkpoint."""
     if isinstance(config, PeftConfig):
         return config

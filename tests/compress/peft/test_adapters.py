@@ -110,3 +110,43 @@ def test_config_dict_round_trip_and_bad_inputs():
         as_peft_config({"r": 4})
     with pytest.raises(ValueError, match="adapter.task_type"):
         attach_adapter(tiny_bert(), LoraConfig(r=4, target_modules=["query"], task_type="CAUSAL_LM"))
+
+
+def test_bottleneck_adapter_in_a_distillation_student_and_its_checkpoint(
+    tiny_teacher_dir, tiny_data_kwargs, tmp_path
+):
+    from compress.peft.bottleneck import BottleneckConfig, bottleneck_adapters
+
+    module = DistillationModule(
+        teacher=tiny_teacher_dir,
+        student=StudentFromTeacher(layers=[0, 2]),
+        adapter=BottleneckConfig(reduction_factor=4, placement="houlsby"),
+        learning_rate=1e-2,
+    )
+    assert len(bottleneck_adapters(module.student)) == 4
+    trainer = Trainer(
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
+    trainable = {n for n, p in module.student.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapter." in n or n.startswith("classifier.") for n in trainable)
+    loaded = DistillationModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert loaded.student.bottleneck_config == module.student.bottleneck_config
+    for key, value in module.student.state_dict().items():
+        assert torch.equal(value, loaded.student.state_dict()[key]), key
+
+
+def test_adapter_from_yaml_parses(capsys):
+    from compress.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/examples/distill_lora.yaml", "--print_config"])
+    assert "class_path: peft.LoraConfig" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/examples/distill_bottleneck.yaml", "--print_config"])
+    assert "placement: houlsby" in capsys.readouterr().out
