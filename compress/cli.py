@@ -1,9 +1,10 @@
-"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict) plus ``demo``.
+"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict), ``demo``, ``multitask``.
 
 Example:
     compress fit --config configs/demo/teacher.yaml
     compress fit --config configs/demo/distill.yaml --print_config
     compress demo
+    compress multitask --config configs/multitask/three_tasks.yaml
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
         from compress.demo import main as demo_main
 
         demo_main(args[1:])
+        return
+    if args and args[0] == "multitask":
+        from compress.multitask import main as multitask_main
+
+        multitask_main(args[1:])
         return
     CompressCLI(args=argv)  # None: LightningCLI reads sys.argv itself
 
