@@ -26,9 +26,8 @@ from compress.modules.checks import check_model_matches_data
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
-    freeze,
     load_classifier,
-    load_teacher,
+    load_teachers,
     storable_args,
 )
 from compress.modules.metrics import classification_metrics
@@ -91,16 +90,8 @@ class DistillationModule(L.LightningModule):
                 teacher=teacher, student=student, loss=loss, adapter=adapter, intermediate=intermediate
             )
         )
-        sources = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-        if not sources:
-            raise ValueError(
-                "model.teacher: the list of teachers is empty; give at least one fine-tuned teacher"
-            )
-        self.teachers = nn.ModuleList(
-            freeze(load_teacher(src, "model.teacher" if len(sources) == 1 else f"model.teacher[{i}]"))
-            for i, src in enumerate(sources)
-        )
-        self.teacher_weights = normalized_weights(teacher_weights, len(sources))
+        self.teachers = load_teachers(teacher)
+        self.teacher_weights = normalized_weights(teacher_weights, len(self.teachers))
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)

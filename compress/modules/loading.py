@@ -57,6 +57,15 @@ def load_teacher(source: str | nn.Module, field: str = "teacher") -> nn.Module:
     return load_classifier(source, None, field)
 
 
+def load_teachers(source: str | nn.Module | list[str | nn.Module]) -> nn.ModuleList:
+    """One or several frozen, fine-tuned teachers."""
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not sources:
+        raise ValueError("model.teacher: the list of teachers is empty; give at least one fine-tuned teacher")
+    fields = ["model.teacher"] if len(sources) == 1 else [f"model.teacher[{i}]" for i in range(len(sources))]
+    return nn.ModuleList(freeze(load_teacher(src, field)) for src, field in zip(sources, fields, strict=True))
+
+
 def _is_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 

@@ -404,7 +404,7 @@ class _SkippingForward:
             return hidden if self.output_len == 0 else (hidden, *[None] * (self.output_len - 1))
         output = (
             self.inner(*args, **kwargs)
-            if self.inner
+            if self.inner is not None
             else type(self.layer).forward(self.layer, *args, **kwargs)
         )
         self.output_len = len(output) if isinstance(output, tuple) else 0

@@ -5,11 +5,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from compress.data import TextClassificationDataModule
-from compress.modules import TaskModule
+from compress.modules import DistillationModule, TaskModule
+from compress.peft import StudentFromTeacher
 from tests.compress.modules.test_distillation import StopAfterEpochs
 from tests.conftest import tiny_bert
 
 LAYERS = "model.bert.encoder.layer"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def trainer(root=None, **kwargs) -> Trainer:
@@ -86,9 +96,8 @@ def test_new_groups_copy_group_zero_and_follow_the_schedule(tiny_data_kwargs):
     t.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     head = [row[0] for row in lrs.rows]
     assert head == sorted(head, reverse=True) and head[0] > head[-1]  # linear decay
-    # after the scheduler stepped, the next batch's groups follow group 0 (before its step)
-    for row, previous in zip(lrs.rows[1:], lrs.rows, strict=False):
-        assert all(lr == pytest.approx(0.5 * previous[0]) for lr in row[2:])
+    for row in lrs.rows:  # the new groups follow group 0's decay
+        assert all(lr == pytest.approx(0.5 * row[0]) for lr in row[2:])
     optimizer = t.optimizers[0]
     assert [g.get("unfrozen") for g in optimizer.param_groups] == [None, None] + [
         f"bert.encoder.layer.{i}" for i in (1, 1, 0, 0)
@@ -124,8 +133,8 @@ def test_embeddings_unfreeze_last(tiny_data_kwargs):
     assert t.optimizers[0].param_groups[-1]["unfrozen"] == "embeddings"
 
     module = TaskModule(tiny_bert(num_labels=3, layers=2), learning_rate=1e-3)
-    t = trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
-    t.callbacks.append(GradualUnfreezing(freeze_embeddings=False))
+    unfreezing = GradualUnfreezing(freeze_embeddings=False)
+    t = trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, callbacks=[unfreezing])
     t.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     assert module.model.bert.embeddings.word_embeddings.weight.requires_grad
     assert not module.model.bert.encoder.layer[0].output.dense.weight.requires_grad
@@ -160,6 +169,19 @@ def test_resume_matches_an_uninterrupted_run(tiny_data_kwargs, tmp_path):
     assert all(p.requires_grad for n, p in resumed.model.named_parameters() if "encoder.layer." in n)
 
 
+def test_distillation_student_unfreezes(tiny_teacher_dir, tiny_data_kwargs):
+    module = DistillationModule(
+        teacher=tiny_teacher_dir, student=StudentFromTeacher(layers=[0, 2]), learning_rate=1e-3
+    )
+    teacher = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    t = trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[GradualUnfreezing()])
+    t.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
+    layers = module.student.bert.encoder.layer
+    assert [layer.output.dense.weight.requires_grad for layer in layers] == [False, True]
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in teacher.items())
+
+
 class Holder(LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -186,3 +208,39 @@ def test_the_model_attribute(tiny_data_kwargs):
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=rf"GradualUnfreezing.{message}"):
         GradualUnfreezing(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (step + 1)),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=20),
+        lambda opt: torch.optim.lr_scheduler.SequentialLR(
+            opt,
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=3),
+                torch.optim.lr_scheduler.StepLR(opt, 2),
+            ],
+            [3],
+        ),
+    ],
+    ids=["lambda", "onecycle", "sequential"],
+)
+def test_schedulers_grow_with_the_new_groups(make):
+    """Unit check of the scheduler growth (Lightning-free): the new group follows group 0 times lr_factor."""
+    from callbacks.gradual_unfreezing import _grow_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    scheduler = make(optimizer)
+    optimizer.step()
+    scheduler.step()
+    group = {
+        k: v * 0.5 if k.endswith("lr") else v for k, v in optimizer.param_groups[0].items() if k != "params"
+    }
+    optimizer.add_param_group({**group, "params": [torch.nn.Parameter(torch.ones(2))]})
+    _grow_scheduler(scheduler, 2, 0.5)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        first, second = (g["lr"] for g in optimizer.param_groups)
+        assert second == pytest.approx(0.5 * first)

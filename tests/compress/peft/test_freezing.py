@@ -21,6 +21,15 @@ from tests.conftest import tiny_bert
 HEAD = {"classifier.weight", "classifier.bias"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def trainable(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -70,7 +79,6 @@ def test_no_layers_are_refused():
 
 def test_attention_only_trains_the_attention_projections():
     model = train_attention_only(tiny_bert())
-    projections = ("query", "key", "value", "output.dense")
     expected = {
         f"bert.encoder.layer.{i}.attention.{part}.{kind}"
         for i in range(4)
@@ -78,10 +86,10 @@ def test_attention_only_trains_the_attention_projections():
         for kind in ("weight", "bias")
     }
     assert trainable(model) == expected | HEAD
-    assert all(
-        "attention" in n and n.split(".")[-2] in {p.split(".")[-1] for p in projections} for n in expected
-    )
-    assert not any("LayerNorm" in n for n in trainable(model))
+    assert all("attention" in n for n in trainable(model) - HEAD)
+    assert "bert.encoder.layer.0.attention.output.LayerNorm.weight" not in trainable(
+        model
+    )  # not a projection
 
 
 def test_attention_patterns_are_a_parameter():
