@@ -5,7 +5,15 @@ import yaml
 
 from compress.cli import CompressCLI, main
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "multitask"]  # LightningCLI configs
+
+
+def test_multitask_configs_parse(capsys):
+    for config in (p for p in ALL_CONFIGS if p not in CONFIGS):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["multitask", "--config", str(config), "--print_config"])
+        assert exit_info.value.code == 0 and "tasks:" in capsys.readouterr().out
 
 
 def test_there_are_configs():

@@ -36,6 +36,7 @@ from compress.modules.rng import RNGState
 from compress.modules.task import model_inputs
 from compress.peft.adapters import attach_adapter
 from compress.peft.bottleneck import BottleneckConfig
+from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
 
 TEACHER_KEY = "teachers."
@@ -62,6 +63,7 @@ class DistillationModule(L.LightningModule):
         save_teacher: also store the teacher's weights in checkpoints.
         adapter: a peft config for the student (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt
             tuning) or a `BottleneckConfig` (Houlsby/Pfeiffer): only the adapter and the head train.
+        tuning: which weights train (layer-wise, attention-only, BitFit, subnetwork) and LayerDrop.
         intermediate: also match hidden states / attention maps of mapped layers (TinyBERT-style);
             needs shared inputs (one tokenizer) and a single teacher.
         teacher_weights: weight of each teacher in the mixture (default: equal).
@@ -79,6 +81,7 @@ class DistillationModule(L.LightningModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         save_teacher: bool = False,
         adapter: PeftConfig | BottleneckConfig | None = None,
+        tuning: SelectiveTuning | None = None,
         intermediate: IntermediateDistillation | None = None,
         teacher_weights: list[float] | None = None,
     ) -> None:
@@ -87,7 +90,12 @@ class DistillationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["teacher", "student", "loss"])
         self.hparams.update(
             storable_args(
-                teacher=teacher, student=student, loss=loss, adapter=adapter, intermediate=intermediate
+                teacher=teacher,
+                student=student,
+                loss=loss,
+                adapter=adapter,
+                intermediate=intermediate,
+                tuning=tuning,
             )
         )
         self.teachers = load_teachers(teacher)
@@ -98,6 +106,8 @@ class DistillationModule(L.LightningModule):
         self.student = student_model.train()  # from_pretrained returns eval mode; dropout must be on
         if adapter is not None:
             self.student = attach_adapter(self.student, adapter)
+        if tuning is not None:
+            (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(self.student)
         self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
         for t in self.teachers:
             _check_pair(t, self.student, num_labels)

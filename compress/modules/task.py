@@ -25,6 +25,7 @@ from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
 from compress.peft.adapters import attach_adapter
 from compress.peft.bottleneck import BottleneckConfig
+from compress.peft.selective import SelectiveTuning
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -47,6 +48,7 @@ class TaskModule(L.LightningModule):
         lr_schedule: ``linear`` decay to 0 after warm-up, or ``constant``.
         adapter: a peft config (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt tuning) or a
             `BottleneckConfig` (Houlsby/Pfeiffer): only the adapter and the classifier head train.
+        tuning: which weights train (layer-wise, attention-only, BitFit, subnetwork) and LayerDrop.
     """
 
     def __init__(
@@ -58,15 +60,18 @@ class TaskModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         lr_schedule: Literal["linear", "constant"] = "linear",
         adapter: PeftConfig | BottleneckConfig | None = None,
+        tuning: SelectiveTuning | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
         self.save_hyperparameters(ignore=["model"])
-        self.hparams.update(storable_args(model=model, adapter=adapter))
+        self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
         # from_pretrained returns eval mode and Lightning keeps module modes: dropout must be on to train
         self.model = load_classifier(model, num_labels, "model.model").train()
         if adapter is not None:
             self.model = attach_adapter(self.model, adapter)
+        if tuning is not None:
+            (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(self.model)
         labels = self.model.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")
