@@ -38,6 +38,40 @@ def tiny_bert(num_labels: int = 2, layers: int = 4, seed: int = 0, dropout: floa
     return BertForSequenceClassification(config)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10-100x.
+
+    Slow tests on the real model keep torch's default.
+    """
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quick_trainer(root=None, steps: int = 2, **overrides):
+    """A short, quiet Trainer with one validation batch; it checkpoints into ``root`` when given."""
+    from lightning.pytorch import Trainer
+
+    settings = dict(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_checkpointing=root is not None,
+        default_root_dir=root,
+    )
+    return Trainer(**{**settings, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> str:
     return resolve_model_source("minilm-l6")

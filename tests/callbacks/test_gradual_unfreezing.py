@@ -13,15 +13,6 @@ from tests.conftest import tiny_bert
 LAYERS = "model.bert.encoder.layer"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trainer(root=None, **kwargs) -> Trainer:
     defaults = dict(
         logger=False,

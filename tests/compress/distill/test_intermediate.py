@@ -6,6 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from compress.data import TextClassificationDataModule
 from compress.distill.intermediate import IntermediateDistillation, uniform_layer_map
 from compress.modules import DistillationModule
+from tests.conftest import quick_trainer
 
 
 def states(layers, width=8, batch=2, length=5, seed=0):
@@ -101,14 +102,7 @@ def test_distillation_with_intermediate_matching(tiny_teacher_dir, tiny_data_kwa
         teacher=tiny_teacher_dir, student=narrow_student(), intermediate=settings, learning_rate=1e-3
     )
     assert module.intermediate.layer_map == [1, 3] and len(module.intermediate.projections) == 2
-    trainer = Trainer(
-        max_steps=3,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, steps=3)
     projection_before = module.intermediate.projections[0].weight.clone()
     trainer.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}

@@ -23,15 +23,6 @@ TEMPERATURE = st.floats(0.5, 8.0)
 ALPHA = st.floats(0.0, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threading only adds overhead (ms per op on a loaded machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _close(a: torch.Tensor | float, b: torch.Tensor | float, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
     a, b = (x.detach().item() if isinstance(x, torch.Tensor) else x for x in (a, b))
     return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from transformers import AutoTokenizer
 
 from compress.data import TextClassificationDataModule
@@ -8,7 +7,7 @@ from compress.distill.intermediate import IntermediateDistillation
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.modules import DistillationModule
 from compress.peft import StudentFromTeacher
-from tests.conftest import tiny_bert
+from tests.conftest import quick_trainer, tiny_bert
 
 
 def test_mixture_softmax_is_the_weighted_mean_of_teacher_softmaxes():
@@ -65,14 +64,7 @@ def test_two_teachers_train_a_student_and_stay_out_of_checkpoints(
         module.loss.temperature,
     )
     assert torch.allclose(module.teacher_logits(batch), expected)
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, steps=2)
     trainer.fit(module, datamodule=data)
     assert all(not t.training for t in module.teachers)
     path = trainer.checkpoint_callback.best_model_path

@@ -7,7 +7,7 @@ from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher
 from compress.peft.adapters import as_peft_config, attach_adapter, peft_config_to_dict
-from tests.conftest import tiny_bert
+from tests.conftest import quick_trainer, tiny_bert
 
 ADAPTERS = {
     "lora": (LoraConfig(r=4, target_modules=["query", "value"]), ("lora_",)),
@@ -82,14 +82,7 @@ def test_distillation_student_with_lora_checkpoint_round_trip(tiny_teacher_dir, 
         learning_rate=1e-2,
     )
     assert isinstance(module.student, PeftModel)
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, steps=2)
     trainer.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     loaded = DistillationModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     assert isinstance(loaded.student, PeftModel) and loaded.student.peft_config["default"].r == 4
@@ -124,14 +117,7 @@ def test_bottleneck_adapter_in_a_distillation_student_and_its_checkpoint(
         learning_rate=1e-2,
     )
     assert len(bottleneck_adapters(module.student)) == 4
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, steps=2)
     trainer.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     trainable = {n for n, p in module.student.named_parameters() if p.requires_grad}
     assert trainable and all(".adapter." in n or n.startswith("classifier.") for n in trainable)

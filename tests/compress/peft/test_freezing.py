@@ -21,15 +21,6 @@ from tests.conftest import tiny_bert
 HEAD = {"classifier.weight", "classifier.bias"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trainable(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 

@@ -7,7 +7,7 @@ from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher
 from compress.peft.freezing import has_layerdrop
 from compress.peft.selective import SelectiveTuning
-from tests.conftest import tiny_bert
+from tests.conftest import quick_trainer, tiny_bert
 
 
 def trainable(model) -> set[str]:
@@ -57,14 +57,7 @@ def test_tuning_in_a_distillation_student_with_layerdrop_and_checkpoint(
     )
     assert has_layerdrop(module.student)
     assert {n.split(".")[3] for n in trainable(module.student) if n.startswith("bert.")} == {"1"}
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quick_trainer(tmp_path, steps=2)
     trainer.fit(module, datamodule=TextClassificationDataModule(**tiny_data_kwargs))
     loaded = DistillationModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     assert trainable(loaded.student) == trainable(module.student) and has_layerdrop(loaded.student)
