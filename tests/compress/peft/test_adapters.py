@@ -1,6 +1,5 @@
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig
 
 from compress.data import TextClassificationDataModule
@@ -22,15 +21,7 @@ ADAPTERS = {
 
 
 def fit(module, data_kwargs, steps=3):
-    trainer = Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
+    trainer = quick_trainer(steps=steps)
     trainer.fit(module, datamodule=TextClassificationDataModule(**data_kwargs))
     return trainer
 
