@@ -67,9 +67,10 @@ def run_demo(output: Path, configs: Path, overrides: list[str]) -> list[dict]:
 def run_stage(stage_dir: Path, config_text: str, overrides: list[str], fingerprint: str) -> dict:
     """Fits, tests and saves one stage, or returns its saved result when nothing changed."""
     manifest = stage_dir / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint:
+    saved = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if saved.get("fingerprint") == fingerprint:
         print(f"[demo] {stage_dir.name}: unchanged, reusing {stage_dir / 'model'}")
-        return json.loads(manifest.read_text())["result"]
+        return saved["result"]
     if stage_dir.exists():
         print(f"[demo] {stage_dir.name}: config or inputs changed, replacing {stage_dir}")
         shutil.rmtree(stage_dir)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from compress.data import TEACHER_PREFIX
 from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
-from compress.distill.losses import KDLoss, hard_ce
+from compress.distill.losses import KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.modules.checks import check_model_matches_data
 from compress.modules.loading import (
@@ -28,13 +28,13 @@ from compress.modules.loading import (
     count_parameters,
     load_classifier,
     load_teachers,
+    prepare_for_training,
     storable_args,
 )
-from compress.modules.metrics import classification_metrics
+from compress.modules.metrics import classification_metrics, log_evaluation
 from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
 from compress.modules.task import model_inputs
-from compress.peft.adapters import attach_adapter
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
@@ -103,11 +103,7 @@ class DistillationModule(L.LightningModule):
         depth = self.teacher.config.num_hidden_layers
         recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
-        self.student = student_model.train()  # from_pretrained returns eval mode; dropout must be on
-        if adapter is not None:
-            self.student = attach_adapter(self.student, adapter)
-        if tuning is not None:
-            (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(self.student)
+        self.student = prepare_for_training(student_model, adapter, tuning)
         self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
         for t in self.teachers:
             _check_pair(t, self.student, num_labels)
@@ -201,11 +197,7 @@ class DistillationModule(L.LightningModule):
         return parts["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch)
-        size = len(batch["labels"])
-        self.val_metrics.update(logits, batch["labels"])
-        self.log("val/loss", hard_ce(logits, batch["labels"]), batch_size=size)
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=size)
+        log_evaluation(self, self(batch), batch["labels"], self.val_metrics, "val/loss")
         if not self._teacher_evaluated and not self.trainer.sanity_checking:
             self.teacher_metrics.update(self.teacher_logits(batch), batch["labels"])
 
@@ -216,10 +208,7 @@ class DistillationModule(L.LightningModule):
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch)
-        self.test_metrics.update(logits, batch["labels"])
-        self.log("test/loss", hard_ce(logits, batch["labels"]), batch_size=len(batch["labels"]))
-        self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
+        log_evaluation(self, self(batch), batch["labels"], self.test_metrics, "test/loss")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch).argmax(-1)

@@ -10,7 +10,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.assets import resolve_model_source
-from compress.peft.adapters import peft_config_to_dict
+from compress.peft.adapters import attach_adapter, peft_config_to_dict
+from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
 
 ModelSource = str | nn.Module | StudentFromTeacher
@@ -64,6 +65,17 @@ def load_teachers(source: str | nn.Module | list[str | nn.Module]) -> nn.ModuleL
         raise ValueError("model.teacher: the list of teachers is empty; give at least one fine-tuned teacher")
     fields = ["model.teacher"] if len(sources) == 1 else [f"model.teacher[{i}]" for i in range(len(sources))]
     return nn.ModuleList(freeze(load_teacher(src, field)) for src, field in zip(sources, fields, strict=True))
+
+
+def prepare_for_training(model: nn.Module, adapter=None, tuning=None) -> nn.Module:
+    """Train mode (from_pretrained returns eval mode and Lightning keeps module modes, so dropout would be
+    off), then the adapter, then selective tuning; configs may come as stored dicts."""
+    model = model.train()
+    if adapter is not None:
+        model = attach_adapter(model, adapter)
+    if tuning is not None:
+        (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(model)
+    return model
 
 
 def _is_classifier(config) -> bool:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from lightning.pytorch import LightningModule
+from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from compress.distill.losses import hard_ce
 
 
 def classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
@@ -15,3 +19,12 @@ def classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
         },
         prefix=prefix,
     )
+
+
+def log_evaluation(
+    module: LightningModule, logits: Tensor, labels: Tensor, metrics: MetricCollection, loss_name: str
+) -> None:
+    """Updates ``metrics`` and logs them with the hard-label loss ``loss_name`` for one batch."""
+    metrics.update(logits, labels)
+    module.log(loss_name, hard_ce(logits, labels), batch_size=len(labels))
+    module.log_dict(metrics, prog_bar=True, batch_size=len(labels))

@@ -19,11 +19,16 @@ from torch import Tensor
 
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_model_matches_data
-from compress.modules.loading import ModelSource, count_parameters, load_classifier, storable_args
-from compress.modules.metrics import classification_metrics
+from compress.modules.loading import (
+    ModelSource,
+    count_parameters,
+    load_classifier,
+    prepare_for_training,
+    storable_args,
+)
+from compress.modules.metrics import classification_metrics, log_evaluation
 from compress.modules.optim import adamw_with_warmup, check_optimization
 from compress.modules.rng import RNGState
-from compress.peft.adapters import attach_adapter
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 
@@ -66,12 +71,7 @@ class TaskModule(L.LightningModule):
         check_optimization(learning_rate, weight_decay, warmup_ratio)
         self.save_hyperparameters(ignore=["model"])
         self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
-        # from_pretrained returns eval mode and Lightning keeps module modes: dropout must be on to train
-        self.model = load_classifier(model, num_labels, "model.model").train()
-        if adapter is not None:
-            self.model = attach_adapter(self.model, adapter)
-        if tuning is not None:
-            (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(self.model)
+        self.model = prepare_for_training(load_classifier(model, num_labels, "model.model"), adapter, tuning)
         labels = self.model.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")
@@ -91,20 +91,13 @@ class TaskModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val/loss")
+        log_evaluation(self, self(batch), batch["labels"], self.val_metrics, "val/loss")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test/loss")
+        log_evaluation(self, self(batch), batch["labels"], self.test_metrics, "test/loss")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch).argmax(-1)
-
-    def _evaluate(self, batch, metrics, loss_name: str) -> None:
-        logits = self(batch)
-        metrics.update(logits, batch["labels"])
-        size = len(batch["labels"])
-        self.log(loss_name, hard_ce(logits, batch["labels"]), batch_size=size)
-        self.log_dict(metrics, prog_bar=True, batch_size=size)
 
     def configure_callbacks(self) -> list:
         return [RNGState()]
