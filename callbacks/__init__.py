@@ -4,6 +4,9 @@ They import `compress`, never the reverse. Available now:
 
 - `GradualUnfreezing`: ULMFiT-style gradual unfreezing, one more layer from the top every few epochs,
   resumable (param groups and scheduler rebuilt before the optimizer state is restored).
+- `MagnitudePruning`: gradual (cubic) magnitude pruning, global/per-layer or N:M, masks kept in the
+  callback's state so checkpoints stay plain and resume is exact.
+- `L1Sparsity`: L1 or group-lasso penalty (subgradient or proximal), with a warm-up for its strength.
 - `RNGState`: stores the torch/numpy/python RNG states in checkpoints so a resumed run draws the
   same random numbers (dropout, augmentation) as an uninterrupted one. compress's own modules add
   it themselves.
@@ -15,6 +18,8 @@ Example:
 """
 
 from callbacks.gradual_unfreezing import GradualUnfreezing
+from callbacks.l1_sparsity import L1Sparsity
+from callbacks.magnitude_pruning import MagnitudePruning
 from compress.modules.rng import RNGState
 
-__all__ = ["GradualUnfreezing", "RNGState"]
+__all__ = ["GradualUnfreezing", "L1Sparsity", "MagnitudePruning", "RNGState"]
