@@ -64,6 +64,7 @@ class L1Sparsity(Callback):
         self.targets: dict[str, nn.Module] = {}
         self.groups: list[l1.ChannelGroup] | None = None
         self.last_step = -1
+        self.lrs: dict[int, float] = {}
 
     def strength_at(self, step: int) -> float:
         """λ after ``step`` optimizer steps."""
@@ -98,6 +99,8 @@ class L1Sparsity(Callback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
+        # The proximal threshold uses the learning rate of this step, before a scheduler changes it.
+        self.lrs.update({id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]})
         if self.mode != "subgradient":
             return
         strength = self.strength_at(trainer.global_step)
@@ -113,26 +116,20 @@ class L1Sparsity(Callback):
             return  # gradient accumulation: no optimizer step happened on this batch
         self.last_step = step
         if self.mode == "proximal":
-            self._shrink(trainer, self.strength_at(step - 1))
+            self._shrink(self.strength_at(step - 1))
         if step % trainer.log_every_n_steps == 0:
             self._log(pl_module, self.strength_at(step))
 
     def _weights(self) -> list[nn.Parameter]:
         return [m.weight for m in self.targets.values() if m.weight.requires_grad]
 
-    def _shrink(self, trainer: Trainer, strength: float) -> None:
-        lrs = {
-            id(p): group["lr"]
-            for opt in trainer.optimizers
-            for group in opt.param_groups
-            for p in group["params"]
-        }
+    def _shrink(self, strength: float) -> None:
         if self.groups is not None:
             for group in self.groups:
-                l1.group_soft_threshold_(group, lrs.get(id(group[0][0]), 0.0) * strength)
+                l1.group_soft_threshold_(group, self.lrs.get(id(group[0][0]), 0.0) * strength)
             return
         for weight in self._weights():
-            l1.soft_threshold_(weight.data, lrs.get(id(weight), 0.0) * strength)
+            l1.soft_threshold_(weight.data, self.lrs.get(id(weight), 0.0) * strength)
 
     def _log(self, pl_module: LightningModule, strength: float) -> None:
         weights = [m.weight for m in self.targets.values()]
