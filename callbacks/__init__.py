@@ -7,6 +7,8 @@ They import `compress`, never the reverse. Available now:
 - `MagnitudePruning`: gradual (cubic) magnitude pruning, global/per-layer or N:M, masks kept in the
   callback's state so checkpoints stay plain and resume is exact.
 - `L1Sparsity`: L1 or group-lasso penalty (subgradient or proximal), with a warm-up for its strength.
+- `StructuredPruning`: removes attention heads and FFN channels (torch-pruning), once or in rounds;
+  optimizers follow the new shapes and a resumed run replays the pruning history before loading weights.
 - `RNGState`: stores the torch/numpy/python RNG states in checkpoints so a resumed run draws the
   same random numbers (dropout, augmentation) as an uninterrupted one. compress's own modules add
   it themselves.
@@ -20,6 +22,7 @@ Example:
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.l1_sparsity import L1Sparsity
 from callbacks.magnitude_pruning import MagnitudePruning
+from callbacks.structured_pruning import StructuredPruning
 from compress.modules.rng import RNGState
 
-__all__ = ["GradualUnfreezing", "L1Sparsity", "MagnitudePruning", "RNGState"]
+__all__ = ["GradualUnfreezing", "L1Sparsity", "MagnitudePruning", "RNGState", "StructuredPruning"]

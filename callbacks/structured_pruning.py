@@ -1,0 +1,303 @@
+"""`StructuredPruning`: remove attention heads and FFN channels during training, with exact resume.
+
+Example:
+    >>> from lightning.pytorch import Trainer
+    >>> from callbacks.structured_pruning import StructuredPruning
+    >>> pruning = StructuredPruning(head_ratio=0.5, ffn_ratio=0.5, at_step=100)
+    >>> trainer = Trainer(max_steps=300, callbacks=[pruning])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from compress.sparsity.structured import (
+    ImportanceName,
+    Structure,
+    applied_history,
+    check_ratio,
+    find_prunable_model,
+    original_structure,
+    plan_pruning,
+    removal_counts,
+    replay_history,
+    restore_history,
+    structure_of,
+)
+
+STATE_PREFIX = "StructuredPruning"
+
+
+class StructuredPruning(Callback):
+    """Physically removes ``head_ratio`` of the attention heads and ``ffn_ratio`` of the FFN channels.
+
+    Pruning happens at the start of the training batch once ``at_step`` optimizer steps are done, or in
+    rounds at ``steps`` (a list, or ``num_steps`` evenly spaced from ``start_step`` to ``end_step``). Ratios
+    are cumulative shares of the model before any structured pruning: round k of n removes what is missing
+    to reach k/n of them, so the targets are met at the last round. What the model may lose follows
+    `compress.sparsity.structured`: never the teacher, adapters or head; the hidden size stays; LoRA is
+    merged, then restarts from zero. ``taylor`` importance uses the gradient of the model's own loss on the
+    batch about to be trained (dict batches with ``labels``).
+
+    After a round the optimizers keep their param groups and LR schedulers (the schedule continues at its
+    step), with the new, smaller parameters in place of the old; their optimizer state (Adam moments)
+    restarts. Rebuilding through ``configure_optimizers`` would restart the schedule and every moment, and
+    drop groups that other callbacks added.
+
+    Resume (``fit(ckpt_path=...)``): the state holds the model's history of removals. Lightning loads the
+    LightningModule's weights before any callback state (``_restore_modules_and_callbacks``: restore_model,
+    then restore_callbacks), so ``setup`` wraps the module's ``on_load_checkpoint``, which runs just before
+    the weights load, to replay the history on the fresh model (`restore_history`); ``validate``/``test``
+    with ``ckpt_path`` work the same way. For ``load_from_checkpoint`` use `load_pruned_checkpoint`. DDP is
+    refused: its gradient buckets cannot follow parameters that change shape mid-run.
+
+    Args:
+        head_ratio: fraction of the attention heads removed, in [0, 1).
+        ffn_ratio: fraction of the intermediate (FFN) channels removed, in [0, 1).
+        importance: ``magnitude`` or ``taylor``.
+        at_step: prune once, after this many optimizer steps (default 0: before training).
+        steps: prune in rounds, after these numbers of optimizer steps.
+        start_step: first round of an evenly spaced schedule (with ``end_step`` and ``num_steps``).
+        end_step: last round of the evenly spaced schedule.
+        num_steps: number of rounds of the evenly spaced schedule.
+        uniform_per_layer: every layer keeps as many heads/channels as the others; otherwise the least
+            important units are removed wherever they are.
+        module: attribute of the LightningModule holding the model to prune (default: the single Hugging Face
+            model in it that is not a teacher).
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> pruning = StructuredPruning(head_ratio=0.5, ffn_ratio=0.5, start_step=100, end_step=400,
+        ...     num_steps=4)
+        >>> trainer = Trainer(max_steps=1000, callbacks=[pruning])
+    """
+
+    def __init__(
+        self,
+        head_ratio: float = 0.0,
+        ffn_ratio: float = 0.0,
+        importance: ImportanceName = "magnitude",
+        at_step: int | None = None,
+        steps: Sequence[int] | None = None,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        num_steps: int | None = None,
+        uniform_per_layer: bool = True,
+        module: str | None = None,
+    ) -> None:
+        check_ratio("StructuredPruning.head_ratio", head_ratio)
+        check_ratio("StructuredPruning.ffn_ratio", ffn_ratio)
+        if importance not in ("magnitude", "taylor"):
+            raise ValueError(f"StructuredPruning.importance: {importance!r} must be 'magnitude' or 'taylor'")
+        self.head_ratio, self.ffn_ratio, self.importance = head_ratio, ffn_ratio, importance
+        self.steps = _schedule(at_step, steps, start_step, end_step, num_steps)
+        self.uniform_per_layer = uniform_per_layer
+        self.module = module
+        self.history: list[dict] = []  # the model's removals so far, in order (compress.sparsity.structured)
+        self.rounds_done = 0
+        self._original: Structure | None = None  # before any structured pruning: what the ratios refer to
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio, steps=self.steps
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history], "rounds_done": self.rounds_done}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict["history"]]
+        self.rounds_done = state_dict["rounds_done"]
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._start(trainer, pl_module)
+        self._restore_before_weights(pl_module)  # also for validate/test/predict(ckpt_path=...)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Checks before any training step; a resumed run then gets history and rounds from the checkpoint."""
+        if trainer.world_size > 1:
+            raise ValueError(
+                "StructuredPruning: DDP cannot follow parameters that change shape mid-run; prune in a "
+                "single-process run, then train the pruned model with DDP"
+            )
+        model = self._model(pl_module)
+        self._original = original_structure(model)
+        heads, channels = removal_counts(
+            structure_of(model), self.head_ratio, self.ffn_ratio, self.uniform_per_layer, self._original
+        )
+        if not any(heads) and not any(channels):
+            raise ValueError(
+                f"StructuredPruning: head_ratio={self.head_ratio} and ffn_ratio={self.ffn_ratio} remove "
+                f"nothing from layers with heads {self._original.heads} and channels "
+                f"{self._original.channels} (counts are rounded down, earlier removals count); raise a ratio"
+            )
+        self.history, self.rounds_done = applied_history(model), 0
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if getattr(pl_module.__dict__.get("on_load_checkpoint"), "_structured_pruning", None) is self:
+            del pl_module.on_load_checkpoint  # the module's own hook again
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        while self.rounds_done < len(self.steps) and trainer.global_step >= self.steps[self.rounds_done]:
+            self._prune_round(trainer, pl_module, batch)
+
+    def _prune_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        self.rounds_done += 1
+        share = self.rounds_done / len(self.steps)  # cumulative: the last round reaches the targets
+        model = self._model(pl_module)
+        before = dict(model.named_parameters())
+        plan = plan_pruning(
+            model,
+            self.head_ratio * share,
+            self.ffn_ratio * share,
+            self.importance,
+            batch=_model_batch(batch, self.importance),
+            uniform_per_layer=self.uniform_per_layer,
+            of=self._original,
+        )
+        if plan:
+            replay_history(model, plan)
+            self.history = applied_history(model)
+            _swap_parameters(trainer.optimizers, before, dict(model.named_parameters()))
+        now = structure_of(model)
+        rank_zero_info(
+            f"StructuredPruning: step {trainer.global_step}, round {self.rounds_done}/{len(self.steps)}: "
+            f"heads {now.heads}, channels {now.channels}; {sum(p.numel() for p in model.parameters()):,} "
+            "parameters"
+        )
+
+    def _restore_before_weights(self, pl_module: pl.LightningModule) -> None:
+        """Makes the module's ``on_load_checkpoint`` (called before its weights load) rebuild the shapes."""
+        own_hook = pl_module.on_load_checkpoint
+        if getattr(own_hook, "_structured_pruning", None) is self:
+            return
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            state = checkpoint.get("callbacks", {}).get(self.state_key)
+            if state is not None:
+                restore_history(self._model(pl_module), state["history"])
+            own_hook(checkpoint)
+
+        on_load_checkpoint._structured_pruning = self  # so teardown removes only its own wrapper
+        pl_module.on_load_checkpoint = on_load_checkpoint
+
+    def _model(self, pl_module: pl.LightningModule) -> nn.Module:
+        try:
+            return find_prunable_model(pl_module, self.module)
+        except ValueError as error:
+            raise ValueError(f"StructuredPruning.{error}") from error
+
+
+def load_pruned_checkpoint(
+    module_class: type[pl.LightningModule], checkpoint_path: str, module: str | None = None, **kwargs: Any
+) -> pl.LightningModule:
+    """``module_class.load_from_checkpoint(checkpoint_path, **kwargs)`` for a run `StructuredPruning` pruned.
+
+    The plain call builds the unpruned model and fails with size mismatches. This replays the history stored
+    in the checkpoint's callback state on the freshly built model before its weights load.
+
+    Example:
+        >>> from compress.modules import TaskModule
+        >>> model = load_pruned_checkpoint(TaskModule, "runs/pruned/last.ckpt")  # doctest: +SKIP
+    """
+
+    class Replaying(module_class):  # Lightning calls on_load_checkpoint between __init__ and load_state_dict
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            restore_history(find_prunable_model(self, module), checkpoint_history(checkpoint))
+            super().on_load_checkpoint(checkpoint)
+
+    loaded = Replaying.load_from_checkpoint(checkpoint_path, **kwargs)
+    loaded.__class__ = module_class  # the same object layout; callers get the class they asked for
+    return loaded
+
+
+def checkpoint_history(checkpoint: Mapping[str, Any]) -> list[dict]:
+    """The removals recorded by the (single) `StructuredPruning` callback of a Lightning checkpoint."""
+    states = [s for k, s in checkpoint.get("callbacks", {}).items() if k.startswith(STATE_PREFIX)]
+    if len(states) != 1:
+        raise ValueError(
+            f"checkpoint: expected the state of one StructuredPruning callback, found {len(states)}; "
+            "without it the pruned shapes cannot be rebuilt"
+        )
+    return states[0]["history"]
+
+
+def _schedule(
+    at_step: int | None,
+    steps: Sequence[int] | None,
+    start_step: int | None,
+    end_step: int | None,
+    num_steps: int | None,
+) -> list[int]:
+    """The optimizer steps after which a round runs, from exactly one way of giving them."""
+    spaced = (start_step, end_step, num_steps)
+    given = [at_step is not None, steps is not None, any(s is not None for s in spaced)]
+    if sum(given) > 1:
+        raise ValueError(
+            "StructuredPruning: give at_step, steps, or start_step/end_step/num_steps, not several"
+        )
+    if given[2]:
+        if any(s is None for s in spaced) or num_steps < 1 or not 0 <= start_step <= end_step:
+            raise ValueError(
+                f"StructuredPruning.start_step/end_step/num_steps: {spaced} must all be set, with "
+                "0 <= start_step <= end_step and num_steps >= 1"
+            )
+        if num_steps == 1:
+            steps = [end_step]
+        else:
+            steps = [
+                round(start_step + i * (end_step - start_step) / (num_steps - 1)) for i in range(num_steps)
+            ]
+    elif not given[1]:
+        steps = [at_step if at_step is not None else 0]
+    steps = list(steps)
+    if not steps or any(not isinstance(s, int) or s < 0 for s in steps) or steps != sorted(set(steps)):
+        raise ValueError(
+            f"StructuredPruning.steps: {steps} must be distinct, increasing optimizer steps >= 0 "
+            "(for start_step/end_step/num_steps: fewer rounds or a longer span)"
+        )
+    return steps
+
+
+def _model_batch(batch: Any, importance: str) -> Mapping[str, Tensor] | None:
+    if importance != "taylor":
+        return None
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"StructuredPruning(importance='taylor') needs dict batches with input_ids and labels, got "
+            f"{type(batch).__name__}; use importance='magnitude'"
+        )
+    return batch
+
+
+def _swap_parameters(
+    optimizers: Sequence[Optimizer], before: dict[str, nn.Parameter], after: dict[str, nn.Parameter]
+) -> None:
+    """Pruning made new Parameters: they take the old ones' places in the optimizers; their state restarts."""
+    replaced = {
+        id(old): after[name] for name, old in before.items() if name in after and after[name] is not old
+    }
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for old in group["params"]:
+                if id(old) in replaced:
+                    optimizer.state.pop(old, None)  # moments of the old shape
+            group["params"] = [replaced.get(id(p), p) for p in group["params"]]
