@@ -92,7 +92,7 @@ class MultiTaskAdapters:
         staging = folder.with_name(f".{folder.name}.partial")  # a crash leaves no half-written folder
         shutil.rmtree(staging, ignore_errors=True)
         self.model.save_pretrained(staging, selected_adapters=[name])
-        written = staging / name  # peft nests adapters not named "default"
+        written = staging if name == "default" else staging / name  # peft nests other adapter names
         (written / LABELS_FILE).write_text(json.dumps(self.labels[name]))
         written.rename(folder)
         shutil.rmtree(staging)
