@@ -15,6 +15,7 @@ from compress.export.hf import export_hf
 from compress.export.onnx import export_onnx
 from compress.export.prepare import ExportResult, export_ready, make_pruning_permanent
 from compress.export.quantize import quantize_dynamic_int8, quantize_onnx_int8
+from compress.export.vocab import trim_vocabulary, used_token_ids
 
 __all__ = [
     "ExportResult",
@@ -26,4 +27,6 @@ __all__ = [
     "make_pruning_permanent",
     "quantize_dynamic_int8",
     "quantize_onnx_int8",
+    "trim_vocabulary",
+    "used_token_ids",
 ]
