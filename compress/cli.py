@@ -1,9 +1,11 @@
-"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict), ``demo``, ``multitask``.
+"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict), ``pipeline`` (``demo``),
+``multitask``.
 
 Example:
     compress fit --config configs/demo/teacher.yaml
     compress fit --config configs/demo/distill.yaml --print_config
-    compress demo
+    compress demo                      # = compress pipeline --config configs/pipelines/default.yaml
+    compress pipeline --config configs/pipelines/tiny.yaml
     compress multitask --config configs/multitask/three_tasks.yaml
 """
 
@@ -31,10 +33,10 @@ class CompressCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] == "demo":
-        from compress.demo import main as demo_main
+    if args and args[0] in ("pipeline", "demo"):
+        from compress.pipeline.run import main as pipeline_main
 
-        demo_main(args[1:])
+        pipeline_main(args[1:], prog=f"compress {args[0]}")
         return
     if args and args[0] == "multitask":
         from compress.multitask import main as multitask_main

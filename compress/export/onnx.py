@@ -125,7 +125,9 @@ def export_onnx(
 
 def _example_inputs(example, names: tuple[str, ...]) -> Batch:
     if not isinstance(example, Mapping):
-        encoded = example(list(EXPORT_TEXTS), padding="max_length", max_length=16, return_tensors="pt")
+        encoded = example(
+            list(EXPORT_TEXTS), padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+        )
         return {name: encoded[name] for name in names if name in encoded}
     unknown = sorted(set(example) - set(names))
     if unknown or "input_ids" not in example:

@@ -1,0 +1,139 @@
+"""A ``fit`` stage: a `compress fit` config run to the end, tested, and saved as a stock HF folder.
+
+The stage folder holds ``stage.yaml`` (what ran), ``checkpoints/last.ckpt`` while it runs, ``model/``
+(the result) and ``manifest.json`` (fingerprint and metrics, written last). A rerun with the same
+fingerprint reuses the result; an interrupted run with the same fingerprint resumes from its last
+checkpoint; anything else starts the stage afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from compress.cli import CompressCLI
+from compress.export import export_ready
+from compress.modules import DistillationModule
+from compress.modules.loading import count_parameters
+
+CHECKPOINT_EVERY_N_STEPS = 50
+
+
+def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fingerprint: str) -> dict:
+    """Fits, tests and saves one stage, or returns its saved result when nothing changed."""
+    saved = read_manifest(folder)
+    if saved.get("fingerprint") == fingerprint:
+        print(f"[pipeline] {folder.name}: unchanged, reusing {folder / 'model'}")
+        return saved["result"]
+    resume = _resumable_checkpoint(folder, fingerprint)
+    if resume is None:
+        _start_afresh(folder, fingerprint)
+    config_file = folder / "stage.yaml"
+    config_file.write_text(yaml.safe_dump(_with_checkpoints(config, folder), sort_keys=False))
+    print(f"[pipeline] {folder.name}: compress fit --config {config_file} {' '.join(overrides)}")
+    if resume is not None:
+        print(f"[pipeline] {folder.name}: resuming from {resume}")
+    with warnings.catch_warnings():  # LightningCLI warns that sys.argv (the pipeline's) is not what it parses
+        warnings.filterwarnings("ignore", ".*args parameter is intended.*")
+        cli = CompressCLI(
+            args=["--config", str(config_file), *overrides], run=False, save_config_kwargs={"overwrite": True}
+        )
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    fit_seconds = time.perf_counter() - start
+    if cli.trainer.interrupted:  # Ctrl-C: Lightning stops gracefully; the stage is not finished
+        raise KeyboardInterrupt(f"stage {folder.name} interrupted; rerun the pipeline to resume it")
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    model, merged = export_ready(deployable_model(cli.model))  # LoRA merged, sparsity kept
+    save_stock_folder(model, cli.datamodule.tokenizer, folder / "model")
+    result = {
+        "test_acc": float(metrics["test/acc"]),
+        "test_f1": float(metrics["test/f1"]),
+        "parameters": count_parameters(model),
+        "layers": model.config.num_hidden_layers,
+        "optimizer_steps": cli.trainer.global_step,
+        "train_rows": len(cli.datamodule.splits["train"]),
+        "fit_seconds": round(fit_seconds, 1),
+        "adapters_merged": merged,
+        "zero_fraction": _zero_fraction(model),
+    }
+    write_manifest(folder, fingerprint, result, overrides)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model folder is the stage's output
+    return result
+
+
+def read_manifest(folder: Path) -> dict:
+    manifest = folder / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def write_manifest(folder: Path, fingerprint: str, result: dict, overrides: list[str] | None = None) -> None:
+    text = json.dumps({"fingerprint": fingerprint, "overrides": overrides or [], "result": result}, indent=2)
+    (folder / "manifest.json").write_text(text + "\n")
+    (folder / "running.json").unlink(missing_ok=True)
+
+
+def _resumable_checkpoint(folder: Path, fingerprint: str) -> str | None:
+    running = folder / "running.json"
+    last = folder / "checkpoints" / "last.ckpt"
+    if (
+        running.is_file()
+        and json.loads(running.read_text()).get("fingerprint") == fingerprint
+        and last.is_file()
+    ):
+        return str(last)
+    return None
+
+
+def _start_afresh(folder: Path, fingerprint: str) -> None:
+    if folder.exists():
+        print(f"[pipeline] {folder.name}: config or inputs changed, replacing {folder}")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "running.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+
+def _with_checkpoints(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The stage's config with its root folder and a `last.ckpt` every few steps, for resuming."""
+    trainer = dict(config.get("trainer") or {})
+    trainer["default_root_dir"] = str(folder)
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(folder / "checkpoints"),
+            "save_last": True,
+            "save_top_k": 0,
+            "every_n_train_steps": CHECKPOINT_EVERY_N_STEPS,
+        },
+    }
+    trainer["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint]
+    return {**config, "trainer": trainer}
+
+
+def deployable_model(module: LightningModule) -> nn.Module:
+    """The model a module trains: the student of a distillation, else the task model."""
+    return module.student if isinstance(module, DistillationModule) else module.model
+
+
+def _zero_fraction(model: nn.Module) -> float:
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def save_stock_folder(model: nn.Module, tokenizer, folder: Path) -> None:
+    """Writes a stock Hugging Face folder (safetensors, config, tokenizer) atomically."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    partial.rename(folder)

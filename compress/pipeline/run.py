@@ -1,0 +1,111 @@
+"""``compress pipeline --config configs/pipelines/<name>.yaml``: run the stages in order, skip finished ones.
+
+Every stage has a fingerprint: its settings, the CLI overrides, the shared data settings and the
+fingerprints of the stages it reads from. A stage whose manifest holds the same fingerprint is reused; an
+interrupted fit stage with the same fingerprint resumes from its last checkpoint; a changed one reruns, and
+with it every stage downstream. At the end a summary table is printed and written to ``summary.md``.
+
+Example:
+    compress pipeline --config configs/pipelines/tiny.yaml --output runs/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from compress.pipeline.config import Pipeline, Stage, load_pipeline
+from compress.pipeline.fit import read_manifest, run_fit_stage, write_manifest
+from compress.pipeline.stages import run_export, run_load, run_multitask, run_report
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "pipelines" / "default.yaml"
+
+
+def main(argv: list[str] | None = None, prog: str = "compress pipeline") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="run folder (default: the config's, or runs/<name>)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="overrides for every fit stage, e.g. --set data.max_train_examples=400 trainer.max_steps=10",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    run_pipeline(args.config, args.output, [f"--{kv}" for kv in args.set])
+
+
+def run_pipeline(
+    config: str | Path, output: str | Path | None = None, overrides: list[str] | None = None
+) -> list[dict]:
+    """Runs (or reuses) every stage; returns one summary row per stage."""
+    pipeline = load_pipeline(config, output)
+    overrides = overrides or []
+    print(f"[pipeline] {pipeline.name}: {len(pipeline.stages)} stages into {pipeline.output}")
+    fingerprints: dict[str, str] = {}
+    rows = []
+    for number, stage in enumerate(pipeline.stages, start=1):
+        print(f"[pipeline] stage {number}/{len(pipeline.stages)}: {stage.name} ({stage.kind})")
+        upstream = [fingerprints[name] for name in stage.inputs]
+        fingerprint = _fingerprint(stage.kind, stage.settings, pipeline.data, overrides, upstream)
+        start = time.perf_counter()
+        result, reused = _run(pipeline, stage, fingerprint, overrides)
+        fingerprints[stage.name] = fingerprint
+        rows.append({"stage": stage.name, "kind": stage.kind, "reused": reused,
+                     "seconds": round(time.perf_counter() - start, 1), "result": result})  # fmt: skip
+    summary = summary_table(rows)
+    print("\n" + summary)
+    (pipeline.output / "summary.md").write_text(summary + "\n")
+    report = pipeline.output / "report.md"
+    if report.is_file():
+        print("\n" + report.read_text().split("\n\nHow measured")[0])
+    return rows
+
+
+def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str]) -> tuple[dict, bool]:
+    folder = pipeline.stage_dir(stage.name)
+    if read_manifest(folder).get("fingerprint") == fingerprint:
+        if stage.kind == "fit":
+            print(f"[pipeline] {stage.name}: unchanged, reusing {folder / 'model'}")
+        else:
+            print(f"[pipeline] {stage.name}: unchanged, reusing its output")
+        return read_manifest(folder)["result"], True
+    if stage.kind == "fit":
+        return run_fit_stage(folder, stage.settings, overrides, fingerprint), False
+    runners: dict[str, Callable[[], dict]] = {
+        "load": lambda: run_load(stage.settings, folder),
+        "multitask": lambda: run_multitask(stage.settings, folder),
+        "export": lambda: run_export(stage.settings, pipeline.output / "export", pipeline.data),
+        "report": lambda: run_report(stage.settings, pipeline.output, pipeline.data),
+    }
+    result = runners[stage.kind]()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_manifest(folder, fingerprint, result)
+    return result, False
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| stage | kind | status | time (s) | result |", "|---|---|---|---|---|"]
+    for row in rows:
+        status = "reused" if row["reused"] else "ran"
+        headline = _headline(row["result"])
+        lines.append(f"| {row['stage']} | {row['kind']} | {status} | {row['seconds']:.0f} | {headline} |")
+    return "\n".join(lines)
+
+
+def _headline(result: dict) -> str:
+    if "test_acc" in result:
+        return f"test acc {result['test_acc']:.3f}, {result['parameters'] / 1e6:.1f}M params"
+    if "tasks" in result:
+        return ", ".join(f"{task} {r['test_acc']:.3f}" for task, r in result["tasks"].items())
+    if "models" in result:
+        return f"{len(result['models'])} models measured: report.md"
+    if "hf_max_abs_diff" in result:
+        return f"{result['parameters'] / 1e6:.1f}M params exported (HF, ONNX)"
+    return f"{result.get('parameters', 0) / 1e6:.1f}M params"
