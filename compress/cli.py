@@ -2,8 +2,8 @@
 ``multitask``.
 
 Example:
-    compress fit --config configs/demo/teacher.yaml
-    compress fit --config configs/demo/distill.yaml --print_config
+    compress fit --config configs/examples/finetune_teacher.yaml
+    compress fit --config configs/examples/distill.yaml --print_config
     compress demo                      # = compress pipeline --config configs/pipelines/default.yaml
     compress pipeline --config configs/pipelines/tiny.yaml
     compress multitask --config configs/multitask/three_tasks.yaml

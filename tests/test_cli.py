@@ -4,16 +4,38 @@ import pytest
 import yaml
 
 from compress.cli import CompressCLI, main
+from compress.pipeline import load_pipeline
 
 ALL_CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
-CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "multitask"]  # LightningCLI configs
+PIPELINES = [p for p in ALL_CONFIGS if p.parent.name == "pipelines"]
+CONFIGS = [p for p in ALL_CONFIGS if p.parent.name not in ("multitask", "pipelines")]  # LightningCLI configs
 
 
 def test_multitask_configs_parse(capsys):
-    for config in (p for p in ALL_CONFIGS if p not in CONFIGS):
+    for config in (p for p in ALL_CONFIGS if p.parent.name == "multitask"):
         with pytest.raises(SystemExit) as exit_info:
             main(["multitask", "--config", str(config), "--print_config"])
         assert exit_info.value.code == 0 and "tasks:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", PIPELINES, ids=lambda p: p.name)
+def test_pipeline_configs_parse_stage_by_stage(config, tmp_path, capsys):
+    assert config.read_text().startswith("#"), "each config starts with a comment saying how to run it"
+    pipeline = load_pipeline(config, tmp_path)
+    for stage in pipeline.stages:
+        if stage.kind == "fit":
+            stage_file = tmp_path / f"{stage.name}.yaml"
+            stage_file.write_text(yaml.safe_dump(stage.settings))
+            with pytest.raises(SystemExit) as exit_info:
+                main(["fit", "--config", str(stage_file), "--print_config"])
+            assert exit_info.value.code == 0, stage.name
+        if stage.kind == "multitask":
+            stage_file = tmp_path / f"{stage.name}.yaml"
+            stage_file.write_text(yaml.safe_dump(stage.settings))
+            with pytest.raises(SystemExit) as exit_info:
+                main(["multitask", "--config", str(stage_file), "--print_config"])
+            assert exit_info.value.code == 0, stage.name
+    assert "tasks:" in capsys.readouterr().out or all(s.kind != "multitask" for s in pipeline.stages)
 
 
 def test_there_are_configs():

@@ -1,54 +1,56 @@
-"""The demo's machinery on the real MiniLM teacher and real data, with tiny limits (slow: ~1 minute)."""
+"""The real default pipeline (MiniLM teacher, Rotten Tomatoes) with tiny limits: every stage and output.
+
+Slow (a few minutes): the suite's other pipeline test uses random tiny models; this one proves the shipped
+configs/pipelines/default.yaml runs end to end on the real teacher and data.
+"""
 
 import json
+from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import yaml
+from transformers import pipeline
 
-from compress.demo import main
+from compress.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
-
-SMALL = [
-    "data.max_train_examples=120",
-    "data.test_size=64",
-    "data.val_size=32",
-    "trainer.max_steps=3",
-    "trainer.max_epochs=1",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-]
+DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "default.yaml"
 
 
-def test_demo_runs_saves_stock_models_and_reuses_finished_stages(tmp_path, capsys):
-    main(["--output", str(tmp_path), "--set", *SMALL])
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["stage"] for r in results] == ["teacher", "student_kd", "student_ce"]
-    teacher, kd, ce = results
-    assert teacher["layers"] == 6 and kd["layers"] == ce["layers"] == 3
-    assert kd["parameters"] < teacher["parameters"]
-    assert kd["train_rows"] == 120 and ce["train_rows"] == teacher["train_rows"] == 30  # 75% transfer rows
-    assert "| model | test acc" in (tmp_path / "results.md").read_text()
-
-    # every stage folder is a stock Hugging Face model that plain transformers loads
-    folder = tmp_path / "student_kd" / "model"
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    inputs = AutoTokenizer.from_pretrained(folder)(["a triumph", "a mess"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        assert model(**inputs).logits.shape == (2, 2)
-    assert model.config.id2label == {0: "rotten", 1: "fresh"}
-
-    capsys.readouterr()
-    main(["--output", str(tmp_path), "--set", *SMALL])
-    out = capsys.readouterr().out
-    assert out.count("unchanged, reusing") == 3
-    assert json.loads((tmp_path / "results.json").read_text()) == results
+def small(config: dict) -> dict:
+    """The default pipeline with a few dozen rows and a few steps per stage."""
+    config["data"].update(test_size=64, val_size=32, max_train_examples=120)
+    for body in config["stages"].values():
+        if "fit" in body:
+            trainer = body["fit"].setdefault("trainer", {})
+            trainer.update(max_steps=4, max_epochs=1, limit_val_batches=1, enable_progress_bar=False)
+            for callback in trainer.get("callbacks", []):
+                if callback["class_path"] == "callbacks.StructuredPruning":
+                    callback["init_args"].update(start_step=0, end_step=2, num_steps=2)
+        if "multitask" in body:
+            body["multitask"].update(
+                max_steps=2, trainer={"limit_val_batches": 1, "enable_progress_bar": False}
+            )
+            for task in body["multitask"]["tasks"].values():
+                task.update(test_size=32, val_size=16, max_train_examples=40)
+        if "report" in body:
+            body["report"]["rounds"] = 2
+    return config
 
 
-def test_changed_teacher_config_reruns_the_students(tmp_path, capsys):
-    main(["--output", str(tmp_path), "--set", *SMALL])
-    capsys.readouterr()
-    main(["--output", str(tmp_path), "--set", *SMALL[:-1], "trainer.max_steps=2", SMALL[-1]])
-    out = capsys.readouterr().out
-    assert out.count("config or inputs changed") == 3
+def test_default_pipeline_end_to_end_with_small_limits(tmp_path):
+    config = tmp_path / "default.yaml"
+    config.write_text(yaml.safe_dump(small(yaml.safe_load(DEFAULT.read_text())), sort_keys=False))
+    rows = run_pipeline(config, tmp_path / "run")
+    assert [r["stage"] for r in rows] == ["teacher", "student", "pruned", "adapt", "export", "report"]
+    out = tmp_path / "run"
+    report = json.loads((out / "report.json").read_text())
+    by_name = {m["name"]: m for m in report["models"]}
+    teacher, int8 = by_name["teacher"], by_name["export (ONNX int8)"]
+    assert int8["size_fraction"] < 0.15  # 3 layers, half the FFN, trimmed vocabulary, int8
+    assert int8["parameters"] < teacher["parameters"] / 2
+    assert by_name["pruned (3 layers, FFN 50%)"]["parameters"] < by_name["student (3 layers)"]["parameters"]
+    classify = pipeline("text-classification", model=str(out / "export" / "hf"))
+    assert classify("a triumph")[0]["label"] in ("rotten", "fresh")
+    assert {p.name for p in (out / "export" / "adapters").iterdir()} == {"base", "bbc_news", "tweets"}
+    assert all(r["reused"] for r in run_pipeline(config, tmp_path / "run"))

@@ -4,7 +4,7 @@ Example:
     >>> from compress.distill import KDLoss
     >>> from compress.modules import DistillationModule
     >>> from compress.peft import StudentFromTeacher
-    >>> module = DistillationModule(teacher="runs/demo/teacher", student=StudentFromTeacher(layers=[0, 2, 4]),
+    >>> module = DistillationModule(teacher="runs/default/stages/teacher/model", student=StudentFromTeacher(layers=[0, 2, 4]),
     ...                             loss=KDLoss(alpha=0.5, temperature=2.0))  # doctest: +SKIP
 """
 

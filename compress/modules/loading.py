@@ -53,7 +53,7 @@ def load_teacher(source: str | nn.Module, field: str = "teacher") -> nn.Module:
             raise ValueError(
                 f"{field}: {source!r} is not a fine-tuned classifier (its config lists no "
                 "*ForSequenceClassification architecture); fine-tune it first with TaskModule "
-                "(`compress fit --config configs/demo/teacher.yaml`) and pass the saved folder"
+                "(`compress fit --config configs/examples/finetune_teacher.yaml`) and pass the saved folder"
             )
     return load_classifier(source, None, field)
 

@@ -28,6 +28,10 @@ from typing import Any
 import yaml
 
 KINDS = ("fit", "load", "multitask", "export", "report")
+KEYS = {  # the settings an export or report stage accepts (fit and multitask are checked by their parsers)
+    "export": {"model", "trim_vocabulary", "onnx", "int8", "adapters"},
+    "report": {"models", "reference", "rounds", "threads"},
+}
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -89,6 +93,10 @@ def _stage(name: str, body: Any, shared_data: dict, output: Path, earlier: dict[
     settings = copy.deepcopy(settings) if settings is not None else {}
     if kind == "fit":
         settings["data"] = {**shared_data, **(settings.get("data") or {})}
+    if kind in KEYS and (not isinstance(settings, dict) or set(settings) - KEYS[kind]):
+        raise ValueError(f"stages.{name}.{kind}: a mapping with keys among {sorted(KEYS[kind])}.")
+    if kind == "export" and "model" not in settings:
+        raise ValueError(f"stages.{name}.export.model: which model to export, e.g. '{{student}}'.")
     inputs = sorted(set(_placeholders(settings)))
     for ref in inputs:
         if ref not in earlier:

@@ -3,7 +3,8 @@
 Every stage has a fingerprint: its settings, the CLI overrides, the shared data settings and the
 fingerprints of the stages it reads from. A stage whose manifest holds the same fingerprint is reused; an
 interrupted fit stage with the same fingerprint resumes from its last checkpoint; a changed one reruns, and
-with it every stage downstream. At the end a summary table is printed and written to ``summary.md``.
+with it every stage downstream. At the end a summary table is printed and written to ``summary.md`` and
+``summary.json``.
 
 Example:
     compress pipeline --config configs/pipelines/tiny.yaml --output runs/tiny
@@ -58,6 +59,7 @@ def run_pipeline(
     summary = summary_table(rows)
     print("\n" + summary)
     (pipeline.output / "summary.md").write_text(summary + "\n")
+    (pipeline.output / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     report = pipeline.output / "report.md"
     if report.is_file():
         print("\n" + report.read_text().split("\n\nHow measured")[0])

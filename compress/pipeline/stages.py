@@ -22,9 +22,6 @@ from compress.modules.loading import count_parameters
 from compress.multitask import adapt_to_tasks
 from compress.pipeline.fit import save_stock_folder
 
-EXPORT_KEYS = {"model", "trim_vocabulary", "onnx", "int8", "adapters"}
-REPORT_KEYS = {"models", "reference", "rounds", "threads"}
-
 
 def run_load(settings: dict, folder: Path) -> dict:
     """Uses an existing fine-tuned model (a folder or an offline alias) as this stage's model."""
@@ -53,7 +50,6 @@ def run_multitask(settings: dict, folder: Path) -> dict:
 
 def run_export(settings: dict, folder: Path, data: dict) -> dict:
     """Stock HF folder (optionally with a trimmed vocabulary), ONNX (+ int8) and the task adapters."""
-    _check_keys(settings, EXPORT_KEYS, folder.name, "export")
     source = Path(settings["model"])
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -88,7 +84,6 @@ def _trim(model, tokenizer, data: dict):
 
 def run_report(settings: dict, output: Path, data: dict) -> dict:
     """Measures the listed models on the test split and writes report.md/json/png into ``output``."""
-    _check_keys(settings, REPORT_KEYS, "report", "report")
     models = settings.get("models") or {}
     if not isinstance(models, dict) or not models:
         raise ValueError("stages.report.report.models: map display names to model folders or .onnx files.")
@@ -105,15 +100,3 @@ def run_report(settings: dict, output: Path, data: dict) -> dict:
     )
     report = write_report(rows, output, settings.get("reference"))
     return {"models": {r["name"]: {k: v for k, v in r.items() if k != "path"} for r in report["models"]}}
-
-
-def _check_keys(settings: Any, allowed: set[str], stage: str, kind: str) -> None:
-    if not isinstance(settings, dict):
-        raise ValueError(f"stages.{stage}.{kind}: expected a mapping with keys {sorted(allowed)}.")
-    unknown = set(settings) - allowed
-    if unknown:
-        raise ValueError(
-            f"stages.{stage}.{kind}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}."
-        )
-    if kind == "export" and "model" not in settings:
-        raise ValueError(f"stages.{stage}.export.model: which model to export, e.g. '{{student}}'.")
