@@ -4,8 +4,8 @@ Example:
     >>> from compress.distill import KDLoss
     >>> from compress.modules import DistillationModule
     >>> from compress.peft import StudentFromTeacher
-    >>> module = DistillationModule(teacher="runs/default/stages/teacher/model", student=StudentFromTeacher(layers=[0, 2, 4]),
-    ...                             loss=KDLoss(alpha=0.5, temperature=2.0))  # doctest: +SKIP
+    >>> module = DistillationModule(teacher="runs/default/stages/teacher/model",
+    ...     student=StudentFromTeacher(layers=[0, 2, 4]), loss=KDLoss())  # doctest: +SKIP
 """
 
 from __future__ import annotations
