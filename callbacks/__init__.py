@@ -9,6 +9,8 @@ They import `compress`, never the reverse. Available now:
 - `L1Sparsity`: L1 or group-lasso penalty (subgradient or proximal), with a warm-up for its strength.
 - `StructuredPruning`: removes attention heads and FFN channels (torch-pruning), once or in rounds;
   optimizers follow the new shapes and a resumed run replays the pruning history before loading weights.
+- `ExportOnFitEnd`: writes the trained model as a stock Hugging Face folder (and ONNX / int8) when fit
+  ends; an existing folder is refused before training.
 - `RNGState`: stores the torch/numpy/python RNG states in checkpoints so a resumed run draws the
   same random numbers (dropout, augmentation) as an uninterrupted one. compress's own modules add
   it themselves.
@@ -19,10 +21,18 @@ Example:
     >>> trainer = Trainer(callbacks=[RNGState()])  # doctest: +SKIP
 """
 
+from callbacks.export_on_fit_end import ExportOnFitEnd
 from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.l1_sparsity import L1Sparsity
 from callbacks.magnitude_pruning import MagnitudePruning
 from callbacks.structured_pruning import StructuredPruning
 from compress.modules.rng import RNGState
 
-__all__ = ["GradualUnfreezing", "L1Sparsity", "MagnitudePruning", "RNGState", "StructuredPruning"]
+__all__ = [
+    "ExportOnFitEnd",
+    "GradualUnfreezing",
+    "L1Sparsity",
+    "MagnitudePruning",
+    "RNGState",
+    "StructuredPruning",
+]

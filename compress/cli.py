@@ -1,5 +1,5 @@
 """The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict), ``pipeline`` (``demo``),
-``multitask``.
+``multitask``, ``export``.
 
 Example:
     compress fit --config configs/examples/finetune_teacher.yaml
@@ -7,6 +7,7 @@ Example:
     compress demo                      # = compress pipeline --config configs/pipelines/default.yaml
     compress pipeline --config configs/pipelines/tiny.yaml
     compress multitask --config configs/multitask/three_tasks.yaml
+    compress export --model runs/default/stages/pruned/model --output runs/my_export --int8 true
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
         from compress.pipeline.run import main as pipeline_main
 
         pipeline_main(args[1:], prog=f"compress {args[0]}")
+        return
+    if args and args[0] == "export":
+        from compress.pipeline.stages import main as export_main
+
+        export_main(args[1:])
         return
     if args and args[0] == "multitask":
         from compress.multitask import main as multitask_main

@@ -49,8 +49,6 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     fit_seconds = time.perf_counter() - start
-    if cli.trainer.interrupted:  # Ctrl-C: Lightning stops gracefully; the stage is not finished
-        raise KeyboardInterrupt(f"stage {folder.name} interrupted; rerun the pipeline to resume it")
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     model, merged = export_ready(deployable_model(cli.model))  # LoRA merged, sparsity kept
     save_stock_folder(model, cli.datamodule.tokenizer, folder / "model")

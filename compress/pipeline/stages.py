@@ -17,6 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from compress.assets import resolve_model_source
 from compress.data import TextClassificationDataModule, split_rows
 from compress.export import export_hf, export_onnx
+from compress.export.folder import atomic_output, check_output
 from compress.export.report import Candidate, measure, write_report
 from compress.modules.loading import count_parameters
 from compress.multitask import adapt_to_tasks
@@ -49,26 +50,62 @@ def run_multitask(settings: dict, folder: Path) -> dict:
 
 
 def run_export(settings: dict, folder: Path, data: dict) -> dict:
-    """Stock HF folder (optionally with a trimmed vocabulary), ONNX (+ int8) and the task adapters."""
-    source = Path(settings["model"])
-    model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    """The export stage: `export_model` into ``<output>/export``, replacing the previous export."""
+    return export_model(**settings, output=str(folder), data=data, overwrite=True)
+
+
+def export_model(
+    model: str,
+    output: str,
+    onnx: bool = True,
+    int8: bool = True,
+    trim_vocabulary: bool = False,
+    data: dict | None = None,
+    adapters: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Exports a trained model folder: ``hf/`` (stock HF), ``onnx/model.onnx`` (+ ``model.int8.onnx``),
+    ``adapters/`` (copied from a `compress multitask` run). The ``compress export`` command.
+
+    Args:
+        model: a Hugging Face model folder (e.g. a pipeline stage's ``model/``).
+        output: the export folder to create.
+        onnx: also write ONNX, checked against onnxruntime.
+        int8: with ``onnx``, also write a dynamically quantized int8 ONNX model.
+        trim_vocabulary: keep only the tokens the training rows of ``data`` use.
+        data: `TextClassificationDataModule` settings whose training rows define the vocabulary.
+        adapters: a `compress multitask` output folder (``base/``, ``adapters/<task>/``) to ship along.
+        overwrite: replace an existing ``output`` folder.
+    """
+    out = check_output(output, overwrite)
+    if trim_vocabulary and not data:
+        raise ValueError(
+            "trim_vocabulary: needs `data` (the settings whose training rows define the vocabulary)."
+        )
+    source = Path(resolve_model_source(model))
+    hf_model = AutoModelForSequenceClassification.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    result: dict[str, Any] = {"parameters_before": count_parameters(model)}
-    if settings.get("trim_vocabulary", False):
-        model, tokenizer = _trim(model, tokenizer, data)
-        result["vocabulary"] = model.config.vocab_size
-    shutil.rmtree(folder, ignore_errors=True)  # the stage reran: its inputs changed
-    hf = export_hf(model, tokenizer, folder / "hf")
-    result["hf_max_abs_diff"] = hf.max_abs_diff
-    if settings.get("onnx", True):
-        onnx = export_onnx(model, tokenizer, folder / "onnx", int8=settings.get("int8", True))
-        result.update({"onnx_max_abs_diff": onnx.max_abs_diff, **onnx.extras})
-    if settings.get("adapters"):
-        adapters = Path(settings["adapters"])
-        shutil.copytree(adapters / "adapters", folder / "adapters")
-        shutil.copytree(adapters / "base", folder / "adapters" / "base")
-    result["parameters"] = count_parameters(model)
+    result: dict[str, Any] = {"parameters_before": count_parameters(hf_model)}
+    if trim_vocabulary:
+        hf_model, tokenizer = _trim(hf_model, tokenizer, data)
+        result["vocabulary"] = hf_model.config.vocab_size
+    with atomic_output(out, overwrite) as staging:  # all or nothing: an interrupted export leaves no folder
+        result["hf_max_abs_diff"] = export_hf(hf_model, tokenizer, staging / "hf").max_abs_diff
+        if onnx:
+            exported = export_onnx(hf_model, tokenizer, staging / "onnx", int8=int8)
+            result.update({"onnx_max_abs_diff": exported.max_abs_diff, **exported.extras})
+        if adapters:
+            shutil.copytree(Path(adapters) / "adapters", staging / "adapters")
+            shutil.copytree(Path(adapters) / "base", staging / "adapters" / "base")
+    result["parameters"] = count_parameters(hf_model)
+    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(export_model, args=argv)
 
 
 def _trim(model, tokenizer, data: dict):

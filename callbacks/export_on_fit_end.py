@@ -1,0 +1,97 @@
+"""Write the trained model as a stock Hugging Face folder (and optionally ONNX) when ``fit`` ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from transformers import AutoTokenizer
+from typing_extensions import override
+
+from compress.export import export_hf, export_onnx
+from compress.export.folder import check_output
+
+
+class ExportOnFitEnd(Callback):
+    """At the end of a successful ``fit``, export the trained model with `compress.export`.
+
+    Adapters are merged (LoRA keeps the base's sparsity), masks are already in the weights, and the folder
+    is checked by reloading it with plain transformers. An existing ``path`` (or ``onnx_path``) is refused
+    in ``setup``, before the first training step, unless ``overwrite=True``. An interrupted run exports
+    nothing.
+
+    Args:
+        path: the Hugging Face folder to write.
+        onnx_path: also write ONNX there (``model.onnx``, checked against onnxruntime).
+        int8: with ``onnx_path``, also write ``model.int8.onnx``.
+        overwrite: replace existing folders.
+        module: attribute of the LightningModule holding the model (default: ``student``, else ``model``).
+        tokenizer: folder or alias of the tokenizer to save alongside (default: the datamodule's).
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[ExportOnFitEnd("runs/my_student", onnx_path="runs/my_student_onnx")])
+    """
+
+    def __init__(
+        self,
+        path: str,
+        onnx_path: str | None = None,
+        int8: bool = False,
+        overwrite: bool = False,
+        module: str | None = None,
+        tokenizer: str | None = None,
+    ) -> None:
+        if int8 and onnx_path is None:
+            raise ValueError("ExportOnFitEnd.int8: int8 export goes through ONNX; set onnx_path as well.")
+        self.path, self.onnx_path, self.int8 = path, onnx_path, int8
+        self.overwrite, self.module, self.tokenizer = overwrite, module, tokenizer
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for path in (self.path, self.onnx_path):
+            if path is not None:
+                check_output(path, self.overwrite)
+        self._model(pl_module)  # a missing model or tokenizer fails now, not after training
+        if self.tokenizer is None:
+            self._tokenizer(trainer)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        model = self._model(pl_module)
+        tokenizer = self._tokenizer(trainer)
+        result = export_hf(model, tokenizer, self.path, overwrite=self.overwrite)
+        rank_zero_info(
+            f"ExportOnFitEnd: wrote {self.path} (reloaded, max logit difference {result.max_abs_diff:.1e})"
+        )
+        if self.onnx_path is not None:
+            export_onnx(model, tokenizer, self.onnx_path, overwrite=self.overwrite, int8=self.int8)
+            rank_zero_info(f"ExportOnFitEnd: wrote {Path(self.onnx_path) / 'model.onnx'}")
+
+    def _model(self, pl_module: LightningModule) -> nn.Module:
+        names = [self.module] if self.module else ["student", "model"]
+        for name in names:
+            if isinstance(getattr(pl_module, name, None), nn.Module):
+                return getattr(pl_module, name)
+        raise ValueError(
+            f"ExportOnFitEnd.module: the LightningModule has no submodule named {' or '.join(names)}; "
+            "pass module='<attribute holding the Hugging Face model>'."
+        )
+
+    def _tokenizer(self, trainer: Trainer):
+        if self.tokenizer is not None:
+            from compress.assets import resolve_model_source
+
+            return AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer))
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "ExportOnFitEnd.tokenizer: the datamodule has no `tokenizer`; pass tokenizer='<folder>'."
+            )
+        return tokenizer
