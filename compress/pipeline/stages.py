@@ -105,7 +105,7 @@ def export_model(
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli(export_model, args=argv)
+    auto_cli(export_model, args=argv, as_positional=False)
 
 
 def _trim(model, tokenizer, data: dict):
