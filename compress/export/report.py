@@ -229,18 +229,19 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label in (
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    panels = (
         (axes[0], "latency_b32_ms", "latency, batch 32 (ms)"),
-        (axes[1], "size_bytes", "size (bytes)"),
-    ):
-        for r in rows:
-            axis.scatter(r[key], r["accuracy"])
-            axis.annotate(r["name"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4))
+        (axes[1], "size_bytes", "size on disk (bytes)"),
+    )
+    for axis, key, label in panels:
+        for r in rows:  # a legend, not labels on the points: compressed models often sit close together
+            axis.scatter(r[key], r["accuracy"], label=r["name"], s=40)
         axis.set_xscale("log")
         axis.set_xlabel(label)
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
