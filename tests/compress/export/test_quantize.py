@@ -1,5 +1,7 @@
 """int8 dynamic quantization: in-memory model close to fp32; ONNX int8 file a quarter of the size."""
 
+import importlib.util
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -38,9 +40,12 @@ def test_unknown_backend_is_refused():
         quantize_dynamic_int8(tiny_bert(layers=1), backend="fp8")
 
 
-def test_torchao_backend_when_installed(batch):
-    pytest.importorskip("torchao")
+def test_torchao_backend_works_or_says_how_to_install_it(batch):
     model = tiny_bert(layers=1)
+    if importlib.util.find_spec("torchao") is None:  # optional: not a dependency (it slows every import)
+        with pytest.raises(ImportError, match="pip install torchao"):
+            quantize_dynamic_int8(model, backend="torchao")
+        return
     assert (
         max_abs_diff(
             logits_of(quantize_dynamic_int8(model, backend="torchao"), batch), logits_of(model, batch)
