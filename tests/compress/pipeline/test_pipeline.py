@@ -136,3 +136,19 @@ def test_unknown_top_level_key_and_missing_file(tmp_path):
 
 def test_output_defaults_to_runs_and_the_config_name():
     assert load_pipeline(TINY).output == Path("runs") / "tiny"
+
+
+def test_load_stage_then_export(tiny_teacher_dir, tmp_path):
+    config = {
+        "stages": {
+            "teacher": {"load": {"model": tiny_teacher_dir}},
+            "export": {"export": {"model": "{teacher}", "onnx": False}},
+        }
+    }
+    path = tmp_path / "load.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    rows = run_pipeline(path, tmp_path / "run")
+    assert rows[0]["result"]["layers"] == 4 and not rows[1]["reused"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "export" / "hf")
+    assert model.config.num_labels == 3
+    assert not (tmp_path / "run" / "export" / "onnx").exists()
