@@ -115,7 +115,7 @@ def _trim(model, tokenizer, data: dict):
     datamodule = TextClassificationDataModule(**{**data, "tokenizer": tokenizer.name_or_path})
     train = split_rows(datamodule.raw, datamodule.hparams)["train"]
     keep = used_token_ids(tokenizer, train["text"], max_length=datamodule.hparams.max_length)
-    print(f"[pipeline] export: vocabulary trimmed to {len(keep):,} of {len(tokenizer):,} tokens")
+    print(f"[export] vocabulary trimmed to {len(keep):,} of {len(tokenizer):,} tokens")
     return trim_vocabulary(model, tokenizer, keep)
 
 
