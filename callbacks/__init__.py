@@ -11,6 +11,8 @@ They import `compress`, never the reverse. Available now:
   optimizers follow the new shapes and a resumed run replays the pruning history before loading weights.
 - `ExportOnFitEnd`: writes the trained model as a stock Hugging Face folder (and ONNX / int8) when fit
   ends; an existing folder is refused before training.
+- `StopOnNonFiniteLoss`: a NaN/inf training loss stops the run before its backward pass, so the last
+  checkpoint is the last good state. compress's own modules add it themselves.
 - `RNGState`: stores the torch/numpy/python RNG states in checkpoints so a resumed run draws the
   same random numbers (dropout, augmentation) as an uninterrupted one. compress's own modules add
   it themselves.
@@ -26,6 +28,7 @@ from callbacks.gradual_unfreezing import GradualUnfreezing
 from callbacks.l1_sparsity import L1Sparsity
 from callbacks.magnitude_pruning import MagnitudePruning
 from callbacks.structured_pruning import StructuredPruning
+from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.rng import RNGState
 
 __all__ = [
@@ -34,5 +37,6 @@ __all__ = [
     "L1Sparsity",
     "MagnitudePruning",
     "RNGState",
+    "StopOnNonFiniteLoss",
     "StructuredPruning",
 ]

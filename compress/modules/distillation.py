@@ -23,6 +23,7 @@ from compress.distill.intermediate import IntermediateDistillation, Intermediate
 from compress.distill.losses import KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.modules.checks import check_model_matches_data
+from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
@@ -214,7 +215,7 @@ class DistillationModule(L.LightningModule):
         return self(batch).argmax(-1)
 
     def configure_callbacks(self) -> list:
-        return [RNGState()]
+        return [RNGState(), StopOnNonFiniteLoss()]
 
     def configure_optimizers(self):
         h = self.hparams

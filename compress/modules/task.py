@@ -19,6 +19,7 @@ from torch import Tensor
 
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_model_matches_data
+from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
@@ -100,7 +101,7 @@ class TaskModule(L.LightningModule):
         return self(batch).argmax(-1)
 
     def configure_callbacks(self) -> list:
-        return [RNGState()]
+        return [RNGState(), StopOnNonFiniteLoss()]
 
     def configure_optimizers(self):
         h = self.hparams
