@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoTokenizer
 from typing_extensions import override
 
+from callbacks.network import trained_network
 from compress.export import export_hf, export_onnx
 from compress.export.folder import check_output
 
@@ -75,14 +76,14 @@ class ExportOnFitEnd(Callback):
             rank_zero_info(f"ExportOnFitEnd: wrote {Path(self.onnx_path) / 'model.onnx'}")
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
-        names = [self.module] if self.module else ["student", "model"]
-        for name in names:
-            if isinstance(getattr(pl_module, name, None), nn.Module):
-                return getattr(pl_module, name)
-        raise ValueError(
-            f"ExportOnFitEnd.module: the LightningModule has no submodule named {' or '.join(names)}; "
-            "pass module='<attribute holding the Hugging Face model>'."
-        )
+        network = trained_network(pl_module, self.module)
+        if network is None:
+            raise ValueError(
+                f"ExportOnFitEnd.module: the LightningModule has no submodule named "
+                f"{self.module or 'student or model'}; "
+                "pass module='<attribute holding the Hugging Face model>'."
+            )
+        return network
 
     def _tokenizer(self, trainer: Trainer):
         if self.tokenizer is not None:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from callbacks.network import trained_network
 from compress.sparsity import l1
 from compress.sparsity.groups import channel_groups
 from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, describe_targets, select_targets
@@ -153,16 +154,10 @@ class L1Sparsity(Callback):
         return groups
 
     def _network(self, pl_module: LightningModule) -> nn.Module:
-        if self.module is not None:
-            if not isinstance(getattr(pl_module, self.module, None), nn.Module):
-                raise ValueError(
-                    f"L1Sparsity: module={self.module!r} is not a submodule of the LightningModule."
-                )
-            return getattr(pl_module, self.module)
-        for name in ("student", "model"):
-            if isinstance(getattr(pl_module, name, None), nn.Module):
-                return getattr(pl_module, name)
-        return pl_module
+        network = trained_network(pl_module, self.module)
+        if network is None and self.module is not None:
+            raise ValueError(f"L1Sparsity: module={self.module!r} is not a submodule of the LightningModule.")
+        return pl_module if network is None else network
 
     @override
     def state_dict(self) -> dict[str, Any]:

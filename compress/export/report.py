@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -128,20 +129,14 @@ def _encoder(candidate: Candidate, max_length: int) -> Callable[[list[str]], dic
 
 
 def _evaluate(predict: Predict, encode, texts, labels, batch_size: int = 64) -> tuple[float, float]:
-    predictions = np.concatenate(
-        [
-            predict(encode(list(texts[i : i + batch_size]))).argmax(-1)
-            for i in range(0, len(texts), batch_size)
-        ]
+    """Micro accuracy and macro-F1 over all of the model's classes, as the training modules log them."""
+    logits = np.concatenate(
+        [predict(encode(list(texts[i : i + batch_size]))) for i in range(0, len(texts), batch_size)]
     )
-    gold = np.asarray(labels)
-    classes = np.unique(gold)
-    f1s = []
-    for k in classes:
-        tp = np.sum((predictions == k) & (gold == k))
-        denominator = np.sum(predictions == k) + np.sum(gold == k)
-        f1s.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(predictions == gold)), float(np.mean(f1s))
+    predictions, gold = torch.from_numpy(logits).argmax(-1), torch.as_tensor(list(labels))
+    classes = logits.shape[-1]
+    accuracy = multiclass_accuracy(predictions, gold, classes, average="micro")
+    return float(accuracy), float(multiclass_f1_score(predictions, gold, classes, average="macro"))
 
 
 def _interleaved(models: dict[str, tuple[Predict, dict]], rounds: int) -> dict[str, float]:

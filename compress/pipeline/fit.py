@@ -15,14 +15,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import LightningModule
 from torch import nn
 
 from compress.cli import CompressCLI
 from compress.export import export_ready
+from compress.export.folder import atomic_output
 from compress.modules import DistillationModule
 from compress.modules.loading import count_parameters
+from compress.sparsity.l1 import near_zero_fraction
 
 CHECKPOINT_EVERY_N_STEPS = 50
 
@@ -61,7 +64,7 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
         "train_rows": len(cli.datamodule.splits["train"]),
         "fit_seconds": round(fit_seconds, 1),
         "adapters_merged": merged,
-        "zero_fraction": _zero_fraction(model),
+        "zero_fraction": near_zero_fraction(_linear_weights(model), tolerance=0.0),
     }
     write_manifest(folder, fingerprint, result, overrides)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model folder is the stage's output
@@ -121,17 +124,12 @@ def deployable_model(module: LightningModule) -> nn.Module:
     return module.student if isinstance(module, DistillationModule) else module.model
 
 
-def _zero_fraction(model: nn.Module) -> float:
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+def _linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 def save_stock_folder(model: nn.Module, tokenizer, folder: Path) -> None:
-    """Writes a stock Hugging Face folder (safetensors, config, tokenizer) atomically."""
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if folder.exists():
-        shutil.rmtree(folder)
-    partial.rename(folder)
+    """Writes a stock HF folder (safetensors, config, tokenizer) atomically, replacing ``folder``."""
+    with atomic_output(folder, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
