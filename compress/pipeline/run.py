@@ -68,12 +68,10 @@ def run_pipeline(
 
 def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str]) -> tuple[dict, bool]:
     folder = pipeline.stage_dir(stage.name)
-    if read_manifest(folder).get("fingerprint") == fingerprint:
-        if stage.kind == "fit":
-            print(f"[pipeline] {stage.name}: unchanged, reusing {folder / 'model'}")
-        else:
-            print(f"[pipeline] {stage.name}: unchanged, reusing its output")
-        return read_manifest(folder)["result"], True
+    saved = read_manifest(folder)
+    if saved.get("fingerprint") == fingerprint:
+        print(f"[pipeline] {stage.name}: unchanged, reusing its output")
+        return saved["result"], True
     if stage.kind == "fit":
         return run_fit_stage(folder, stage.settings, overrides, fingerprint), False
     runners: dict[str, Callable[[], dict]] = {

@@ -130,10 +130,14 @@ def run_report(settings: dict, output: Path, data: dict) -> dict:
             raise FileNotFoundError(f"stages.report.report.models.{c.name}: {c.path} does not exist.")
     datamodule = TextClassificationDataModule(**data)
     test = split_rows(datamodule.raw, datamodule.hparams)["test"]
+    threads = torch.get_num_threads()
     if settings.get("threads"):  # on a busy machine, 2 spinning threads can be 100x slower than 1
         torch.set_num_threads(int(settings["threads"]))
-    rows = measure(
-        candidates, test["text"], test["label"], datamodule.hparams.max_length, settings.get("rounds", 10)
-    )
-    report = write_report(rows, output, settings.get("reference"))
+    try:
+        rows = measure(
+            candidates, test["text"], test["label"], datamodule.hparams.max_length, settings.get("rounds", 10)
+        )
+        report = write_report(rows, output, settings.get("reference"))  # records the thread count used
+    finally:
+        torch.set_num_threads(threads)  # the setting is for the measurement, not the rest of the process
     return {"models": {r["name"]: {k: v for k, v in r.items() if k != "path"} for r in report["models"]}}
