@@ -13,14 +13,14 @@ They import `compress`, never the reverse. Available now:
   ends; an existing folder is refused before training.
 - `StopOnNonFiniteLoss`: a NaN/inf training loss stops the run before its backward pass, so the last
   checkpoint is the last good state. compress's own modules add it themselves.
-- `RNGState`: stores the torch/numpy/python RNG states in checkpoints so a resumed run draws the
-  same random numbers (dropout, augmentation) as an uninterrupted one. compress's own modules add
-  it themselves.
+- `ExactResume`: stores the torch/numpy/python RNG states in checkpoints and, on resume, restores them
+  and continues an unfinished epoch at its first unseen row, so a resumed run (even one killed mid-epoch)
+  ends like an uninterrupted one. compress's own modules add it themselves.
 
 Example:
     >>> from lightning.pytorch import Trainer
-    >>> from callbacks import RNGState
-    >>> trainer = Trainer(callbacks=[RNGState()])  # doctest: +SKIP
+    >>> from callbacks import ExactResume
+    >>> trainer = Trainer(callbacks=[ExactResume()])  # doctest: +SKIP
 """
 
 from callbacks.export_on_fit_end import ExportOnFitEnd
@@ -29,14 +29,14 @@ from callbacks.l1_sparsity import L1Sparsity
 from callbacks.magnitude_pruning import MagnitudePruning
 from callbacks.structured_pruning import StructuredPruning
 from compress.modules.finite import StopOnNonFiniteLoss
-from compress.modules.rng import RNGState
+from compress.modules.resume import ExactResume
 
 __all__ = [
+    "ExactResume",
     "ExportOnFitEnd",
     "GradualUnfreezing",
     "L1Sparsity",
     "MagnitudePruning",
-    "RNGState",
     "StopOnNonFiniteLoss",
     "StructuredPruning",
 ]

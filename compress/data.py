@@ -5,12 +5,13 @@ Example:
     >>> dm = TextClassificationDataModule("rotten_tomatoes", max_train_examples=200, transfer_fraction=0.5)
     >>> dm.setup("fit")
     >>> batch = next(iter(dm.train_dataloader()))
-    >>> sorted(batch)[:3], dm.num_labels
-    (['attention_mask', 'input_ids', 'labels'], 2)
+    >>> sorted(batch), dm.num_labels
+    (['attention_mask', 'example_id', 'input_ids', 'labels'], 2)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 
@@ -25,6 +26,7 @@ from compress.datasources import load_source
 
 UNLABELLED = -100  # label of transfer-set rows: the student learns them from the teacher only
 TEACHER_PREFIX = "teacher_"
+EXAMPLE_ID = "example_id"  # position of a training row in the train split: the teacher cache's key
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -120,6 +122,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.splits:
             return
         raw_splits = split_rows(self.raw, self.hparams)
+        train = raw_splits["train"]
+        raw_splits["train"] = train.add_column(EXAMPLE_ID, list(range(len(train))))
         self.splits = {name: self._tokenize(ds) for name, ds in raw_splits.items()}
 
     def _tokenize(self, ds: datasets.Dataset) -> datasets.Dataset:
@@ -137,6 +141,19 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def cache_dataloader(self) -> DataLoader:
+        """Every training row once, shortest first (little padding): the teacher cache is built from it."""
+        self.setup()
+        train = self.splits["train"]
+        order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+        collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
+        return DataLoader(train, self.hparams.eval_batch_size, sampler=order, collate_fn=collate)
+
+    def train_fingerprint(self) -> str:
+        """A hash of the training rows' model inputs and ids, in order (labels excluded)."""
+        self.setup()
+        return fingerprint_rows(self.splits["train"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.hparams.eval_batch_size)
@@ -164,18 +181,28 @@ class TextClassificationDataModule(L.LightningDataModule):
 class EpochShuffle(Sampler[int]):
     """A permutation drawn from ``(seed, epoch)`` alone: the same order after a resume as without one.
 
-    Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP).
+    Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP). ``resume(epoch,
+    start)`` makes the next pass over ``epoch`` begin at position ``start`` of its permutation: a run
+    resumed mid-epoch sees the rows it had not seen yet, as an uninterrupted run would.
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume(self, epoch: int, start: int) -> None:
+        self._resume = (epoch, start) if start > 0 else None
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+        self._resume = None
+        return iter(order)
 
     def __len__(self) -> int:
         return self.size
@@ -188,11 +215,13 @@ class DynamicPadding:
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        plain = ("labels", EXAMPLE_ID)
         student = [
-            {k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX) and k != "labels"} for r in rows
+            {k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX) and k not in plain} for r in rows
         ]
         batch = dict(self.tokenizer.pad(student, return_tensors="pt"))
-        batch["labels"] = torch.stack([torch.as_tensor(r["labels"]) for r in rows])
+        for key in (k for k in plain if k in rows[0]):
+            batch[key] = torch.stack([torch.as_tensor(r[key]) for r in rows])
         if self.teacher_tokenizer is not None:
             teacher = [
                 {k[len(TEACHER_PREFIX) :]: v for k, v in r.items() if k.startswith(TEACHER_PREFIX)}
@@ -201,6 +230,20 @@ class DynamicPadding:
             padded = self.teacher_tokenizer.pad(teacher, return_tensors="pt")
             batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
         return batch
+
+
+def fingerprint_rows(ds: datasets.Dataset) -> str:
+    """sha256 of every column but ``labels``, row by row in order (content, not the cache-file history)."""
+    digest = hashlib.sha256()
+    table = ds.with_format("arrow")[:]
+    for name in sorted(c for c in table.column_names if c != "labels"):
+        column = table.column(name).combine_chunks()
+        digest.update(name.encode())
+        if hasattr(column, "offsets"):  # token lists: lengths, then the tokens
+            digest.update(column.value_lengths().to_numpy(zero_copy_only=False).tobytes())
+            column = column.flatten()
+        digest.update(column.to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()
 
 
 def split_rows(raw: datasets.Dataset, h) -> dict[str, datasets.Dataset]:

@@ -29,7 +29,7 @@ from compress.modules.loading import (
 )
 from compress.modules.metrics import classification_metrics, log_evaluation
 from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.modules.rng import RNGState
+from compress.modules.resume import ExactResume
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 
@@ -101,7 +101,7 @@ class TaskModule(L.LightningModule):
         return self(batch).argmax(-1)
 
     def configure_callbacks(self) -> list:
-        return [RNGState(), StopOnNonFiniteLoss()]
+        return [ExactResume(), StopOnNonFiniteLoss()]
 
     def configure_optimizers(self):
         h = self.hparams

@@ -290,7 +290,7 @@ class LayerDrop:
 
     A skipped layer returns its input hidden states (the whole batch skips it). In eval mode the model
     is exactly the original one. The decision uses the global torch RNG, so ``seed_everything`` and the
-    `RNGState` callback make runs and resumes reproducible; ``p=0`` draws nothing.
+    `ExactResume` callback make runs and resumes reproducible; ``p=0`` draws nothing.
 
     The layers are not wrapped: each layer's ``forward`` is replaced on the instance (as accelerate's
     hooks do), so parameter names, ``state_dict`` keys, ``isinstance`` checks and transformers'

@@ -1,0 +1,78 @@
+"""Exact resume: random-number streams and the position in the epoch's data, restored from checkpoints."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from compress.data import EpochShuffle
+
+
+class ExactResume(Callback):
+    """Makes ``fit(ckpt_path=...)`` continue exactly where the checkpointed run was, even mid-epoch.
+
+    Lightning restores weights, optimizer and loop progress, but (2.6) not the global random generators,
+    and after a mid-epoch checkpoint it starts the data of the epoch over, in the order of the run's
+    first epoch. This callback saves the torch/numpy/python RNG states with each checkpoint and, on
+    resume, restores them and points an `EpochShuffle` sampler (``TextClassificationDataModule``'s) at
+    the first row the run had not trained on. Other samplers, and DDP, resume at the epoch's start (a
+    warning says so). Our modules add this callback themselves through ``configure_callbacks``.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[ExactResume()])  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RNGState"  # the name of this state in earlier checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        # tensors and plain tuples only, so checkpoints load with torch.load(weights_only=True)
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]
+        return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+        _set_rng(state_dict)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state, self._loaded = self._loaded, None
+        if state is not None and _continue_mid_epoch(trainer):
+            _set_rng(state)  # rebuilding the data iterators drew from the torch stream
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def _continue_mid_epoch(trainer: Trainer) -> bool:
+    """Restart the training data at the first unseen row of a resumed, unfinished epoch."""
+    loop = trainer.fit_loop
+    done = loop.epoch_loop.batch_progress.current.processed  # batches trained on in this epoch
+    loader = loop._combined_loader.flattened[0] if loop._combined_loader is not None else None
+    if loader is None or not 0 < done < len(loader):
+        return False
+    sampler = getattr(loader, "sampler", None)
+    if trainer.world_size > 1 or not isinstance(sampler, EpochShuffle):
+        rank_zero_warn(
+            f"ExactResume: resumed after batch {done} of epoch {trainer.current_epoch}, but the training "
+            "sampler cannot skip the rows already seen (DDP, or not an EpochShuffle): the epoch starts over"
+        )
+        return False
+    sampler.set_epoch(trainer.current_epoch)
+    sampler.resume(trainer.current_epoch, done * loader.batch_size)
+    iter(loop._data_fetcher)  # Lightning built the iterator before the checkpoint was loaded
+    return True
