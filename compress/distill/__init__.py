@@ -1,5 +1,6 @@
 """Distillation maths in plain torch (no Lightning): usable from any training loop."""
 
 from compress.distill.losses import KDLoss
+from compress.distill.teacher_cache import TeacherCache
 
-__all__ = ["KDLoss"]
+__all__ = ["KDLoss", "TeacherCache"]

@@ -18,10 +18,12 @@ import torch
 from peft import PeftConfig
 from torch import Tensor, nn
 
-from compress.data import TEACHER_PREFIX
+from compress.data import EXAMPLE_ID, TEACHER_PREFIX
 from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
 from compress.distill.losses import KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
+from compress.distill.teacher_cache import TeacherCache
+from compress.modules.cached_teacher import check_cached_logits, open_teacher_cache
 from compress.modules.checks import check_model_matches_data
 from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
@@ -68,6 +70,9 @@ class DistillationModule(L.LightningModule):
         intermediate: also match hidden states / attention maps of mapped layers (TinyBERT-style);
             needs shared inputs (one tokenizer) and a single teacher.
         teacher_weights: weight of each teacher in the mixture (default: equal).
+        teacher_cache: compute the teacher's logits once per training row before training, keep them
+            on disk (keyed by teacher, data and settings) and read them at every step instead of running
+            the teacher: see `TeacherCache`. Needs deterministic inputs; not with ``intermediate``.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class DistillationModule(L.LightningModule):
         tuning: SelectiveTuning | None = None,
         intermediate: IntermediateDistillation | None = None,
         teacher_weights: list[float] | None = None,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
@@ -97,6 +103,7 @@ class DistillationModule(L.LightningModule):
                 adapter=adapter,
                 intermediate=intermediate,
                 tuning=tuning,
+                teacher_cache=teacher_cache,
             )
         )
         self.teachers = load_teachers(teacher)
@@ -114,11 +121,20 @@ class DistillationModule(L.LightningModule):
                 "or give one teacher"
             )
         self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
+        if teacher_cache is not None and intermediate is not None:
+            raise ValueError(
+                "model.teacher_cache: intermediate distillation needs the teacher's hidden states at every "
+                "step; drop teacher_cache or intermediate"
+            )
         labels = self.student.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")
         self.teacher_metrics = classification_metrics(labels, "val/teacher_")
         self._teacher_evaluated = False
+        self.cache_settings = (
+            TeacherCache(**teacher_cache) if isinstance(teacher_cache, dict) else teacher_cache
+        )
+        self._cache, self._check_cache = None, False
 
     @property
     def teacher(self) -> nn.Module:
@@ -156,6 +172,11 @@ class DistillationModule(L.LightningModule):
                 f"model.teacher: {len(trainable)} teacher parameters require grad (e.g. {trainable[0]}); "
                 "the teacher must stay frozen: do not unfreeze it after building the module"
             )
+        if self.cache_settings is not None:
+            self._cache = open_teacher_cache(self.cache_settings, self, self.trainer)
+
+    def on_train_epoch_start(self) -> None:
+        self._check_cache = self._cache is not None and self.cache_settings.verify
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).logits
@@ -171,10 +192,20 @@ class DistillationModule(L.LightningModule):
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in batch else ""
         return teacher(**model_inputs(batch, prefix), **flags)
 
+    def _training_teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        if self._cache is None:
+            return self.teacher_logits(batch)
+        cached = self._cache.lookup(batch[EXAMPLE_ID]).to(self.device, non_blocking=True)
+        if self._check_cache:  # once per epoch: the cache must still be what the teacher says
+            self._check_cache = False
+            with torch.autocast(self.device.type, enabled=False):
+                check_cached_logits(cached, self.teacher_logits(batch), self.cache_settings.top_k)
+        return cached
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         matched = None
         if self.intermediate is None:
-            student_logits, teacher_logits = self(batch), self.teacher_logits(batch)
+            student_logits, teacher_logits = self(batch), self._training_teacher_logits(batch)
         else:
             flags = {"output_hidden_states": True, "output_attentions": self.intermediate.needs_attentions}
             student = self.student(**model_inputs(batch), **flags)
