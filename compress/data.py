@@ -55,6 +55,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         eval_batch_size: validation/test batch size.
         seed: seed of every split.
         num_workers: DataLoader workers.
+        bucket_by_length: form training batches of rows of similar length (sorted within spans of 50
+            shuffled batches, batches then shuffled): far less padding, so faster steps on the same rows.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         eval_batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        bucket_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -167,7 +170,11 @@ class TextClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         self.setup()
         dataset = self.splits[split]
-        sampler = EpochShuffle(len(dataset), self.hparams.seed) if shuffle else None
+        sampler = None
+        if shuffle:
+            lengths = [len(ids) for ids in dataset.with_format(None)["input_ids"]]
+            buckets = (lengths, batch_size) if self.hparams.bucket_by_length else (None, 1)
+            sampler = EpochShuffle(len(dataset), self.hparams.seed, *buckets)
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(
             dataset,
@@ -183,11 +190,18 @@ class EpochShuffle(Sampler[int]):
 
     Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP). ``resume(epoch,
     start)`` makes the next pass over ``epoch`` begin at position ``start`` of its permutation: a run
-    resumed mid-epoch sees the rows it had not seen yet, as an uninterrupted run would.
+    resumed mid-epoch sees the rows it had not seen yet, as an uninterrupted run would. With ``lengths``,
+    each span of ``BUCKET_SPAN`` batches of the permutation is sorted by length and cut into batches of
+    ``batch_size``, and the full batches are shuffled (a short last batch stays last).
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    BUCKET_SPAN = 50
+
+    def __init__(
+        self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1
+    ) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
+        self.lengths, self.batch_size = lengths, batch_size
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -199,6 +213,8 @@ class EpochShuffle(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            order = self._bucketed(order, generator)
         if self._resume is not None and self._resume[0] == self.epoch:
             order = order[self._resume[1] :]
         self._resume = None
@@ -206,6 +222,16 @@ class EpochShuffle(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+    def _bucketed(self, order: list[int], generator: torch.Generator) -> list[int]:
+        size, span = self.batch_size, self.batch_size * self.BUCKET_SPAN
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        short = batches.pop() if len(batches[-1]) < size else []
+        shuffled = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+        return [i for batch in shuffled for i in batch] + short
 
 
 class DynamicPadding:

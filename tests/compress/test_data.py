@@ -3,7 +3,7 @@ import collections
 import pytest
 import torch
 
-from compress.data import UNLABELLED, TextClassificationDataModule, split_rows
+from compress.data import UNLABELLED, EpochShuffle, TextClassificationDataModule, fingerprint_rows, split_rows
 from compress.datasources import load_source
 
 
@@ -92,6 +92,35 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tiny_data_kwargs):
     assert list(sampler) != first
     sampler.set_epoch(1)
     assert list(sampler) == first and sorted(first) == list(range(36))
+
+
+def test_length_buckets_cut_padding_and_keep_every_row_once():
+    lengths = [(7 * i) % 61 + 3 for i in range(403)]
+    plain, bucketed = EpochShuffle(403, 0), EpochShuffle(403, 0, lengths, batch_size=8)
+
+    def padded(order):
+        return sum(
+            max(lengths[i] for i in order[k : k + 8]) * len(order[k : k + 8]) for k in range(0, 403, 8)
+        )
+
+    order = list(bucketed)
+    assert sorted(order) == list(range(403)) and order == list(bucketed)
+    assert padded(order) < 0.7 * padded(list(plain))
+    bucketed.set_epoch(1)
+    epoch_1 = list(bucketed)
+    assert epoch_1 != order
+    bucketed.resume(1, 24)  # a run resumed after 3 batches of epoch 1 continues with its 4th, once
+    assert list(bucketed) == epoch_1[24:]
+    assert list(bucketed) == epoch_1
+
+
+def test_training_rows_carry_their_position_and_a_content_fingerprint(tiny_data_kwargs):
+    dm = TextClassificationDataModule(**tiny_data_kwargs)
+    ids = torch.cat([b["example_id"] for b in dm.train_dataloader()])
+    assert sorted(ids.tolist()) == list(range(36))
+    same = TextClassificationDataModule(**tiny_data_kwargs).train_fingerprint()
+    assert dm.train_fingerprint() == same == fingerprint_rows(dm.splits["train"])
+    assert TextClassificationDataModule(**{**tiny_data_kwargs, "max_length": 8}).train_fingerprint() != same
 
 
 def test_separate_teacher_tokenizer_adds_teacher_inputs(tiny_data_kwargs, tmp_path):
