@@ -4,7 +4,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 BIN := .venv/bin
 
-.PHONY: setup demo test test-slow lint format
+.PHONY: setup demo test test-slow lint format bench
 setup:
 	@bash scripts/setup.sh
 
@@ -16,6 +16,9 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python -m bench.run
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

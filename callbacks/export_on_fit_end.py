@@ -54,9 +54,9 @@ class ExportOnFitEnd(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for path in (self.path, self.onnx_path):
+        for field, path in (("path", self.path), ("onnx_path", self.onnx_path)):
             if path is not None:
-                check_output(path, self.overwrite)
+                check_output(path, self.overwrite, f"ExportOnFitEnd.{field}")
         self._model(pl_module)  # a missing model or tokenizer fails now, not after training
         if self.tokenizer is None:
             self._tokenizer(trainer)

@@ -207,12 +207,18 @@ class StructuredPruning(Callback):
 
 
 def load_pruned_checkpoint(
-    module_class: type[pl.LightningModule], checkpoint_path: str, module: str | None = None, **kwargs: Any
+    module_class: type[pl.LightningModule],
+    checkpoint_path: str,
+    module: str | None = None,
+    weights_only: bool = True,
+    **kwargs: Any,
 ) -> pl.LightningModule:
     """``module_class.load_from_checkpoint(checkpoint_path, **kwargs)`` for a run `StructuredPruning` pruned.
 
     The plain call builds the unpruned model and fails with size mismatches. This replays the history stored
-    in the checkpoint's callback state on the freshly built model before its weights load.
+    in the checkpoint's callback state on the freshly built model before its weights load. The file is read
+    with ``weights_only=True`` (tensors and plain data, as our checkpoints hold); ``weights_only=False``
+    unpickles anything, for a trusted file only.
 
     Example:
         >>> from compress.modules import TaskModule
@@ -224,7 +230,7 @@ def load_pruned_checkpoint(
             restore_history(find_prunable_model(self, module), checkpoint_history(checkpoint))
             super().on_load_checkpoint(checkpoint)
 
-    loaded = Replaying.load_from_checkpoint(checkpoint_path, **kwargs)
+    loaded = Replaying.load_from_checkpoint(checkpoint_path, weights_only=weights_only, **kwargs)
     loaded.__class__ = module_class  # the same object layout; callers get the class they asked for
     return loaded
 

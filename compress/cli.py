@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from compress.data import TextClassificationDataModule
+from compress.safe_load import check_checkpoint_file
 
 
 class CompressCLI(LightningCLI):
@@ -30,6 +31,22 @@ class CompressCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data knows the label count; every module's num_labels follows it.
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path here first: a missing or damaged file fails with the setting's name.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and "://" not in str(path):
+            fix = "pass the .ckpt of an earlier run of this config, or leave --ckpt_path out to start afresh"
+            check_checkpoint_file(path, "ckpt_path", fix)
+        super()._parse_ckpt_path()
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # --ckpt_path reads tensors and plain data only: Lightning's default (None) unpickles an http(s) URL,
+        # or any file under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD. `--weights_only false` opts in (trusted files).
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.set_defaults(weights_only=True)
+        return parser
 
 
 def main(argv: list[str] | None = None) -> None:

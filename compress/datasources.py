@@ -98,6 +98,10 @@ def _load_external(source: str, data_files, split: str) -> datasets.Dataset:
     if path.suffix.lower() in _FILE_BUILDERS:
         if not path.is_file():
             raise ValueError(f"data.source: file {source!r} does not exist; pass an existing data file")
+        if path.stat().st_size == 0:
+            raise ValueError(
+                f"data.source: file {source!r} is empty; pass a file with a header and labelled rows"
+            )
         builder, files = _FILE_BUILDERS[path.suffix.lower()], str(path)
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
@@ -156,4 +160,10 @@ def _label_encoder(values: list, label_names, source: str) -> tuple[list[str], C
 
 
 def _drop_empty_texts(ds: datasets.Dataset) -> datasets.Dataset:
-    return ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+    kept = ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+    if len(kept) == 0:
+        raise ValueError(
+            f"data.text_column: none of the {len(ds)} rows has text; pass data with labelled rows of text "
+            "(or point data.text_column at the column that holds it)"
+        )
+    return kept

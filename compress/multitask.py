@@ -22,6 +22,7 @@ from compress.data import TextClassificationDataModule
 from compress.modules import TaskModule
 from compress.modules.loading import count_parameters
 from compress.peft.multitask import MultiTaskAdapters
+from compress.safe_load import load_pretrained
 
 
 def adapt_to_tasks(
@@ -57,7 +58,7 @@ def adapt_to_tasks(
         for name, settings in tasks.items()
     }
     labels = {name: dm.label_names for name, dm in data.items()}  # loads every source: fail before training
-    model = AutoModelForSequenceClassification.from_pretrained(base_path)
+    model = load_pretrained(AutoModelForSequenceClassification, base_path, "base")
     model.save_pretrained(out / "base")
     AutoTokenizer.from_pretrained(base_path).save_pretrained(out / "base")
     shared = MultiTaskAdapters(model, adapter)

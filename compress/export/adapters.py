@@ -58,6 +58,7 @@ from compress.peft.bottleneck import (
     save_bottleneck_adapters,
 )
 from compress.peft.multitask import LABELS_FILE, MultiTaskAdapters
+from compress.safe_load import load_pretrained
 
 BASE_FOLDER = "base"
 
@@ -160,7 +161,8 @@ def _write_bottleneck(model: nn.Module, staging: Path, tokenizer, name: str, ver
     if not verify:
         return None
     reloaded = load_bottleneck_adapters(
-        AutoModelForSequenceClassification.from_pretrained(staging / BASE_FOLDER), staging / name
+        load_pretrained(AutoModelForSequenceClassification, staging / BASE_FOLDER, BASE_FOLDER),
+        staging / name,
     )
     batch = check_batch(tokenizer, vocab_size=model.config.vocab_size, names=accepted_inputs(model))
     return _compare(logits_of(model, batch), logits_of(reloaded, batch), name)

@@ -32,8 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def check_output(path: str | Path, overwrite: bool = False) -> Path:
+def check_output(path: str | Path, overwrite: bool = False, field: str = "path") -> Path:
     """Refuses an existing ``path`` unless ``overwrite``; call it before any expensive work.
+
+    Args:
+        path: the folder to create.
+        overwrite: accept an existing folder (it is replaced later).
+        field: the setting that gave ``path``, named in the error.
 
     Raises:
         ValueError: ``path`` exists and ``overwrite`` is False, or ``path`` is an existing file.
@@ -41,10 +46,11 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise ValueError(
-            f"export path {path} exists already; choose another path or pass overwrite=True to replace it"
+            f"{field}: export path {path} exists already; choose another path or pass overwrite=True to "
+            "replace it"
         )
     if path.exists() and not path.is_dir():
-        raise ValueError(f"export path {path} is a file, not a folder; choose a folder path")
+        raise ValueError(f"{field}: export path {path} is a file, not a folder; choose a folder path")
     return path
 
 

@@ -43,6 +43,7 @@ from compress.export.prepare import (
     logits_of,
     max_abs_diff,
 )
+from compress.safe_load import load_pretrained
 
 HF_TOLERANCE = 1e-5
 
@@ -104,7 +105,7 @@ def verify_hf(
         ValueError: the folder does not load, or the largest logit difference exceeds ``tolerance``.
     """
     try:
-        reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+        reloaded = load_pretrained(AutoModelForSequenceClassification, folder, "export")
     except RuntimeError as error:  # transformers' "size mismatch" report
         raise ValueError(
             f"export check failed: {folder} does not load with transformers ({str(error)[:200]}); "

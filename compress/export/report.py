@@ -31,6 +31,8 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from compress.safe_load import load_pretrained
+
 Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data")
 
@@ -56,7 +58,9 @@ def load_predict(candidate: Candidate) -> tuple[Predict, int, int]:
     """A batch → logits function, the parameter count and the non-zero count."""
     if candidate.is_onnx:
         return _onnx_predict(candidate.path)
-    model = AutoModelForSequenceClassification.from_pretrained(candidate.path).eval()
+    model = load_pretrained(
+        AutoModelForSequenceClassification, candidate.path, f"models.{candidate.name}"
+    ).eval()
 
     def predict(batch: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():

@@ -1,16 +1,26 @@
-"""Checks between a model and its data, run in ``setup`` so bad pairs fail before the first step."""
+"""Checks between a model and its data (run in ``setup``) or a checkpoint (when it loads), so bad pairs
+fail before the first step."""
 
 from __future__ import annotations
 
-from torch import nn
+import re
+
+from torch import Tensor, nn
 
 
 def check_model_matches_data(
     model: nn.Module, datamodule, field: str, tokenizer_attr: str = "tokenizer"
 ) -> None:
-    """Label count and vocabulary agree; the model's config learns the data's label names."""
+    """At least two classes; label count, a teacher's label names and vocabulary agree; the model's config
+    learns the data's label names."""
     if datamodule is None or not hasattr(datamodule, "num_labels"):
         return
+    if datamodule.num_labels < 2:
+        raise ValueError(
+            f"data.label_column: {datamodule.hparams.source!r} has a single class {datamodule.label_names}; "
+            "a classifier needs rows of at least 2 classes: check that data.label_column is the label "
+            "column and that the data holds every class"
+        )
     config = model.config
     if datamodule.num_labels != config.num_labels:
         raise ValueError(
@@ -19,6 +29,8 @@ def check_model_matches_data(
             f"set model num_labels to "
             f"{datamodule.num_labels} or use a model fine-tuned on this label set"
         )
+    if field.startswith("model.teacher"):
+        _check_label_names(config, datamodule.label_names, field)
     tokenizer = getattr(datamodule, tokenizer_attr, None)
     vocabulary = model.get_input_embeddings().num_embeddings
     if tokenizer is not None and len(tokenizer) > vocabulary:
@@ -35,3 +47,35 @@ def check_model_matches_data(
         )
     config.id2label = dict(enumerate(datamodule.label_names))
     config.label2id = {name: i for i, name in config.id2label.items()}
+
+
+def _check_label_names(config, names: list[str], field: str) -> None:
+    """A teacher's label names (when it has real ones) are the data's, in the same id order."""
+    own = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
+    if not own or all(re.fullmatch(r"LABEL_\d+", name) for name in own) or own == list(names):
+        return
+    fix = (
+        f"set data.label_names to {own} (the teacher's id order)"
+        if sorted(own) == sorted(names)
+        else "use a teacher fine-tuned on this label set"
+    )
+    raise ValueError(
+        f"{field}: the teacher's labels are {own} (in id order) but the data's are {names}; {fix}"
+    )
+
+
+def check_checkpoint_matches(module: nn.Module, state: dict[str, Tensor], field: str = "ckpt_path") -> None:
+    """The checkpoint's weights belong to ``module``: none it lacks, none of another shape."""
+    own = module.state_dict()
+    foreign = sorted(set(state) - set(own))
+    reshaped = [
+        f"{key} {tuple(state[key].shape)} instead of {tuple(own[key].shape)}"
+        for key in sorted(set(state) & set(own))
+        if state[key].shape != own[key].shape
+    ]
+    if foreign or reshaped:
+        raise ValueError(
+            f"{field}: the checkpoint holds another model's weights ({len(foreign)} this model lacks, "
+            f"{len(reshaped)} of another shape; e.g. {(foreign or reshaped)[0]}); pass a checkpoint written "
+            "with this model's settings, or leave ckpt_path out to start afresh"
+        )

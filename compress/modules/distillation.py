@@ -20,11 +20,11 @@ from torch import Tensor, nn
 
 from compress.data import EXAMPLE_ID, TEACHER_PREFIX
 from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
-from compress.distill.losses import KDLoss
+from compress.distill.losses import IGNORE_INDEX, KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.distill.teacher_cache import TeacherCache
 from compress.modules.cached_teacher import check_cached_logits, open_teacher_cache
-from compress.modules.checks import check_model_matches_data
+from compress.modules.checks import check_checkpoint_matches, check_model_matches_data
 from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
@@ -219,6 +219,7 @@ class DistillationModule(L.LightningModule):
                 teacher.attentions,
             )
         parts = self.loss.components(student_logits, teacher_logits, batch["labels"])
+        parts = self._hard_over_all_ranks(parts, batch["labels"])
         logged = {"train/hard": parts["hard"], "train/soft": parts["soft"]}
         if matched is not None:
             parts["loss"] = parts["loss"] + matched["loss"]
@@ -227,6 +228,17 @@ class DistillationModule(L.LightningModule):
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
         self.log_dict(logged, batch_size=size)
         return parts["loss"]
+
+    def _hard_over_all_ranks(self, parts: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """Under DDP, weight each rank's hard term (a mean over its own labelled rows) so that the averaged
+        gradient is that of the mean over all ranks' labelled rows (one process, the global batch)."""
+        world = self.trainer.world_size
+        if world == 1 or not getattr(self.loss, "alpha", 0):
+            return parts
+        local = (labels != IGNORE_INDEX).sum()
+        total = self.trainer.strategy.reduce(local.float(), reduce_op="sum")
+        hard = parts["hard"] * (local * world / total.clamp(min=1))
+        return {**parts, "loss": parts["loss"] + self.loss.alpha * (hard - parts["hard"]), "hard": hard}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         log_evaluation(self, self(batch), batch["labels"], self.val_metrics, "val/loss")
@@ -270,9 +282,17 @@ class DistillationModule(L.LightningModule):
         state = checkpoint["state_dict"]
         if not any(k.startswith(TEACHER_KEY) for k in state):  # teachers left out: keep the loaded ones
             state.update({TEACHER_KEY + k: v for k, v in self.teachers.state_dict().items()})
+        if self._trainer is not None and self.strict_loading:  # fit/validate/test(ckpt_path=...)
+            check_checkpoint_matches(self, state)
 
 
 def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
+    if num_labels is not None and num_labels < 2:
+        raise ValueError(
+            f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the count "
+            "from the data: check that data.label_column is the label column and that the data holds every "
+            "class)"
+        )
     t, s = teacher.config.num_labels, student.config.num_labels
     if t != s:
         raise ValueError(

@@ -13,6 +13,7 @@ from compress.assets import resolve_model_source
 from compress.peft.adapters import attach_adapter, peft_config_to_dict
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
+from compress.safe_load import load_pretrained
 
 ModelSource = str | nn.Module | StudentFromTeacher
 
@@ -34,7 +35,7 @@ def load_classifier(
                 "minilm-l6) when there is no distillation teacher to copy from"
             )
         return source.build(teacher)
-    path = resolve_model_source(source)
+    path = resolve_source(source, field)
     config = AutoConfig.from_pretrained(path)
     if num_labels is not None and _is_classifier(config) and config.num_labels != num_labels:
         raise ValueError(
@@ -42,13 +43,13 @@ def load_classifier(
             f"data has {num_labels}; use a model fine-tuned on this label set, or its base model"
         )
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
-    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    return load_pretrained(AutoModelForSequenceClassification, path, field, **kwargs)
 
 
 def load_teacher(source: str | nn.Module, field: str = "teacher") -> nn.Module:
     """A fine-tuned teacher: refuses a base model whose classifier head would be random."""
     if isinstance(source, str):
-        path = resolve_model_source(source)
+        path = resolve_source(source, field)
         if not _is_classifier(AutoConfig.from_pretrained(path)):
             raise ValueError(
                 f"{field}: {source!r} is not a fine-tuned classifier (its config lists no "
@@ -76,6 +77,14 @@ def prepare_for_training(model: nn.Module, adapter=None, tuning=None) -> nn.Modu
     if tuning is not None:
         (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(model)
     return model
+
+
+def resolve_source(source: str, field: str) -> str:
+    """`resolve_model_source`, with the setting ``field`` named in its error."""
+    try:
+        return resolve_model_source(source)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{field}: {err}") from err
 
 
 def _is_classifier(config) -> bool:

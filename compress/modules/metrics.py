@@ -26,5 +26,6 @@ def log_evaluation(
 ) -> None:
     """Updates ``metrics`` and logs them with the hard-label loss ``loss_name`` for one batch."""
     metrics.update(logits, labels)
-    module.log(loss_name, hard_ce(logits, labels), batch_size=len(labels))
+    # sync_dist: under DDP the logged loss is the mean over every rank's rows, not rank 0's half
+    module.log(loss_name, hard_ce(logits, labels), batch_size=len(labels), sync_dist=True)
     module.log_dict(metrics, prog_bar=True, batch_size=len(labels))

@@ -11,14 +11,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as L
 from peft import PeftConfig
 from torch import Tensor
 
 from compress.distill.losses import hard_ce
-from compress.modules.checks import check_model_matches_data
+from compress.modules.checks import check_checkpoint_matches, check_model_matches_data
 from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
@@ -70,6 +70,12 @@ class TaskModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
+        if num_labels is not None and num_labels < 2:
+            raise ValueError(
+                f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the "
+                "count from the data: check that data.label_column is the label column and that the data "
+                "holds every class)"
+            )
         self.save_hyperparameters(ignore=["model"])
         self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
         self.model = prepare_for_training(load_classifier(model, num_labels, "model.model"), adapter, tuning)
@@ -82,6 +88,10 @@ class TaskModule(L.LightningModule):
         if stage == "fit":
             total, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
             self.print(f"TaskModule: {trainable:,} trainable of {total:,} parameters")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.strict_loading:  # fit/validate/test(ckpt_path=...)
+            check_checkpoint_matches(self, checkpoint.get("state_dict", {}))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(**model_inputs(batch)).logits

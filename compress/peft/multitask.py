@@ -32,6 +32,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from compress.safe_load import load_pretrained
+
 LABELS_FILE = "labels.json"
 
 
@@ -113,7 +115,7 @@ class MultiTaskAdapters:
     @classmethod
     def from_folders(cls, base: str | Path, adapters: dict[str, str | Path]) -> MultiTaskAdapters:
         """The base folder plus task adapter folders, as written by `compress multitask`."""
-        model = AutoModelForSequenceClassification.from_pretrained(base)
+        model = load_pretrained(AutoModelForSequenceClassification, base, "base")
         tasks = cls(model, PeftConfig.from_pretrained(str(next(iter(adapters.values())))))
         for name, folder in adapters.items():
             tasks.load_task(name, folder)

@@ -29,9 +29,14 @@ import yaml
 
 KINDS = ("fit", "load", "multitask", "export", "report")
 KEYS = {  # the settings an export or report stage accepts (fit and multitask are checked by their parsers)
-    "export": {"model", "trim_vocabulary", "onnx", "int8", "adapters"},
-    "report": {"models", "reference", "rounds", "threads"},
+    "export": {"model": str, "trim_vocabulary": bool, "onnx": bool, "int8": bool, "adapters": str},
+    "report": {"models": dict, "reference": str, "rounds": int, "threads": int},
 }
+REQUIRED = {  # setting -> the hint in its error
+    "export": ("model", "which model to export, e.g. '{student}'"),
+    "report": ("models", "map display names to model folders or .onnx files, e.g. {teacher: '{teacher}'}"),
+}
+TYPE_NAMES = {bool: "true or false", str: "a string", int: "a whole number", dict: "a mapping"}
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -67,6 +72,14 @@ def load_pipeline(path: str | Path, output: str | Path | None = None) -> Pipelin
     unknown = set(raw) - {"output", "data", "stages"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: output, data, stages.")
+    if not isinstance(raw.get("data") or {}, dict):
+        raise ValueError(
+            f"data: {raw['data']!r} is not a mapping; give data settings, e.g. `data: {{batch_size: 16}}`."
+        )
+    if not isinstance(raw.get("output") or "", str):
+        raise ValueError(
+            f"output: {raw['output']!r} is not a folder path; give one, e.g. `output: runs/mine`."
+        )
     stages = raw.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise ValueError(f"{path}: `stages` must map stage names to one of {KINDS}.")
@@ -93,10 +106,9 @@ def _stage(name: str, body: Any, shared_data: dict, output: Path, earlier: dict[
     settings = copy.deepcopy(settings) if settings is not None else {}
     if kind == "fit":
         settings["data"] = {**shared_data, **(settings.get("data") or {})}
-    if kind in KEYS and (not isinstance(settings, dict) or set(settings) - KEYS[kind]):
-        raise ValueError(f"stages.{name}.{kind}: a mapping with keys among {sorted(KEYS[kind])}.")
-    if kind == "export" and "model" not in settings:
-        raise ValueError(f"stages.{name}.export.model: which model to export, e.g. '{{student}}'.")
+    if kind in KEYS:
+        _check_keys(f"stages.{name}.{kind}", settings, KEYS[kind], REQUIRED[kind])
+    _check_braces(f"stages.{name}.{kind}", settings, list(earlier))
     inputs = sorted(set(_placeholders(settings)))
     for ref in inputs:
         if ref not in earlier:
@@ -106,6 +118,33 @@ def _stage(name: str, body: Any, shared_data: dict, output: Path, earlier: dict[
             )
     resolved = _substitute(settings, {ref: str(stage_output(output, ref, earlier[ref])) for ref in inputs})
     return Stage(name, kind, resolved, inputs)
+
+
+def _check_keys(where: str, settings: Any, types: dict[str, type], required: tuple[str, str]) -> None:
+    """An export or report stage: known keys, each of its type, the required one present."""
+    if not isinstance(settings, dict) or set(settings) - set(types):
+        raise ValueError(f"{where}: a mapping with keys among {sorted(types)}.")
+    for key, value in settings.items():
+        if value is not None and not isinstance(value, types[key]):
+            raise ValueError(f"{where}.{key}: {value!r} must be {TYPE_NAMES[types[key]]}.")
+    key, hint = required
+    if not settings.get(key):
+        raise ValueError(f"{where}.{key}: missing; {hint}.")
+
+
+def _check_braces(where: str, value: Any, earlier: list[str]) -> None:
+    """Refuses strings with braces that are not a whole ``{stage}`` placeholder (e.g. ``{teacher``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_braces(f"{where}.{key}", item, earlier)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_braces(f"{where}[{index}]", item, earlier)
+    elif isinstance(value, str) and set("{}") & set(PLACEHOLDER.sub("", value)):
+        raise ValueError(
+            f"{where}: {value!r} is not a stage placeholder; write '{{name}}' with the name of an earlier "
+            f"stage (earlier stages: {earlier or 'none'})."
+        )
 
 
 def _placeholders(value: Any) -> list[str]:

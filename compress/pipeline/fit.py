@@ -3,13 +3,16 @@
 The stage folder holds ``stage.yaml`` (what ran), ``checkpoints/last.ckpt`` while it runs, ``model/``
 (the result) and ``manifest.json`` (fingerprint and metrics, written last). A rerun with the same
 fingerprint reuses the result; an interrupted run with the same fingerprint resumes from its last
-checkpoint; anything else starts the stage afresh.
+checkpoint; anything else starts the stage afresh. A fresh start that fails before its first checkpoint (a
+setting, the data or a model refused) leaves no trace: the stage's previous folder is put back.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -25,6 +29,7 @@ from compress.export import export_ready
 from compress.export.folder import atomic_output
 from compress.modules import DistillationModule
 from compress.modules.loading import count_parameters
+from compress.safe_load import check_checkpoint_file
 from compress.sparsity.l1 import near_zero_fraction
 
 CHECKPOINT_EVERY_N_STEPS = 50
@@ -37,21 +42,16 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
         print(f"[pipeline] {folder.name}: unchanged, reusing {folder / 'model'}")
         return saved["result"]
     resume = _resumable_checkpoint(folder, fingerprint)
-    if resume is None:
-        _start_afresh(folder, fingerprint)
-    config_file = folder / "stage.yaml"
-    config_file.write_text(yaml.safe_dump(_with_checkpoints(config, folder), sort_keys=False))
-    print(f"[pipeline] {folder.name}: compress fit --config {config_file} {' '.join(overrides)}")
-    if resume is not None:
-        print(f"[pipeline] {folder.name}: resuming from {resume}")
-    with warnings.catch_warnings():  # LightningCLI warns that sys.argv (the pipeline's) is not what it parses
-        warnings.filterwarnings("ignore", ".*args parameter is intended.*")
-        cli = CompressCLI(
-            args=["--config", str(config_file), *overrides], run=False, save_config_kwargs={"overwrite": True}
-        )
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
-    fit_seconds = time.perf_counter() - start
+    created, previous = _start_afresh(folder, fingerprint) if resume is None else (None, None)
+    try:
+        cli, fit_seconds = _fit(folder, config, overrides, resume)
+    except BaseException:
+        if created is not None and not (folder / "checkpoints" / "last.ckpt").is_file():
+            _undo_start(folder, created, previous)  # refused before its first checkpoint: leave no trace
+        raise
+    finally:
+        if previous is not None:  # the new run has a checkpoint, or finished
+            shutil.rmtree(previous, ignore_errors=True)
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     model, merged = export_ready(deployable_model(cli.model))  # LoRA merged, sparsity kept
     save_stock_folder(model, cli.datamodule.tokenizer, folder / "model")
@@ -69,6 +69,52 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
     write_manifest(folder, fingerprint, result, overrides)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model folder is the stage's output
     return result
+
+
+def _fit(folder: Path, config: dict[str, Any], overrides: list[str], resume: str | None):
+    """Writes ``stage.yaml``, builds its `compress fit` objects and fits; returns the CLI and the time."""
+    config_file = folder / "stage.yaml"
+    config_file.write_text(yaml.safe_dump(_with_checkpoints(config, folder), sort_keys=False))
+    print(f"[pipeline] {folder.name}: compress fit --config {config_file} {' '.join(overrides)}")
+    if resume is not None:
+        print(f"[pipeline] {folder.name}: resuming from {resume}")
+    with warnings.catch_warnings():  # LightningCLI warns that sys.argv (the pipeline's) is not what it parses
+        warnings.filterwarnings("ignore", ".*args parameter is intended.*")
+        cli = CompressCLI(
+            args=["--config", str(config_file), *overrides], run=False, save_config_kwargs={"overwrite": True}
+        )
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume, weights_only=True)
+    return cli, time.perf_counter() - start
+
+
+class _Parsed(Exception):
+    """Stops `_ParseOnly` once the config is parsed and checked (before seeding or building anything)."""
+
+
+class _ParseOnly(CompressCLI):
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed
+
+
+def check_fit_settings(name: str, config: dict[str, Any], overrides: list[str]) -> None:
+    """Parses a fit stage's config (keys, types, required settings) without building anything, so that a
+    mistake in a late stage fails before the first stage trains."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*args parameter is intended.*")
+        config_file = Path(tmp) / "stage.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        try:
+            _ParseOnly(
+                args=["--config", str(config_file), *overrides],
+                run=False,
+                parser_kwargs={"exit_on_error": False},
+            )
+        except _Parsed:
+            return
+        except ArgumentError as err:
+            raise ValueError(f"stages.{name}.fit: {err}") from err
 
 
 def read_manifest(folder: Path) -> dict:
@@ -90,16 +136,38 @@ def _resumable_checkpoint(folder: Path, fingerprint: str) -> str | None:
         and json.loads(running.read_text()).get("fingerprint") == fingerprint
         and last.is_file()
     ):
+        _check_readable(last, folder.name)
         return str(last)
     return None
 
 
-def _start_afresh(folder: Path, fingerprint: str) -> None:
+def _check_readable(checkpoint: Path, stage: str) -> None:
+    fix = "delete it to run the stage again from its start"
+    check_checkpoint_file(checkpoint, f"stages.{stage}", fix)
+
+
+def _start_afresh(folder: Path, fingerprint: str) -> tuple[Path, Path | None]:
+    """An empty stage folder; an existing one is set aside until the new run has its first checkpoint.
+
+    Returns the topmost folder created (the run folder on a first run) and the set-aside folder, if any.
+    """
+    previous = None
     if folder.exists():
         print(f"[pipeline] {folder.name}: config or inputs changed, replacing {folder}")
-        shutil.rmtree(folder)
+        previous = folder.with_name(f".{folder.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(folder, previous)
+    created = [p for p in (folder, *folder.parents) if not p.exists()][-1]
     folder.mkdir(parents=True)
     (folder / "running.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    return created, previous
+
+
+def _undo_start(folder: Path, created: Path, previous: Path | None) -> None:
+    """Back to how things were before `_start_afresh`."""
+    shutil.rmtree(created)
+    if previous is not None:
+        os.rename(previous, folder)
 
 
 def _with_checkpoints(config: dict[str, Any], folder: Path) -> dict[str, Any]:

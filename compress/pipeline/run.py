@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compress.pipeline.config import Pipeline, Stage, load_pipeline
-from compress.pipeline.fit import read_manifest, run_fit_stage, write_manifest
+from compress.pipeline.fit import check_fit_settings, read_manifest, run_fit_stage, write_manifest
 from compress.pipeline.stages import run_export, run_load, run_multitask, run_report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "pipelines" / "default.yaml"
@@ -44,6 +44,9 @@ def run_pipeline(
     """Runs (or reuses) every stage; returns one summary row per stage."""
     pipeline = load_pipeline(config, output)
     overrides = overrides or []
+    for stage in pipeline.stages:  # a typo in the last stage fails now, not after the first ones trained
+        if stage.kind == "fit":
+            check_fit_settings(stage.name, stage.settings, overrides)
     print(f"[pipeline] {pipeline.name}: {len(pipeline.stages)} stages into {pipeline.output}")
     fingerprints: dict[str, str] = {}
     rows = []

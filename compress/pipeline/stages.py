@@ -14,14 +14,14 @@ import torch
 from jsonargparse import ArgumentParser
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from compress.assets import resolve_model_source
 from compress.data import TextClassificationDataModule, split_rows
 from compress.export import export_hf, export_onnx
 from compress.export.folder import atomic_output, check_output
 from compress.export.report import Candidate, measure, write_report
-from compress.modules.loading import count_parameters
+from compress.modules.loading import count_parameters, load_teacher, resolve_source
 from compress.multitask import adapt_to_tasks
 from compress.pipeline.fit import save_stock_folder
+from compress.safe_load import load_pretrained
 
 
 def run_load(settings: dict, folder: Path) -> dict:
@@ -29,8 +29,9 @@ def run_load(settings: dict, folder: Path) -> dict:
     source = settings.get("model") if isinstance(settings, dict) else settings
     if not source:
         raise ValueError(f"stages.{folder.name}.load: give `model: <folder or alias>`.")
-    path = resolve_model_source(source)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    field = f"stages.{folder.name}.load.model"
+    path = resolve_source(source, field)
+    model = load_pretrained(AutoModelForSequenceClassification, path, field)
     save_stock_folder(model, AutoTokenizer.from_pretrained(path), folder / "model")
     return {
         "parameters": count_parameters(model),
@@ -77,13 +78,13 @@ def export_model(
         adapters: a `compress multitask` output folder (``base/``, ``adapters/<task>/``) to ship along.
         overwrite: replace an existing ``output`` folder.
     """
-    out = check_output(output, overwrite)
+    out = check_output(output, overwrite, "output")
     if trim_vocabulary and not data:
         raise ValueError(
             "trim_vocabulary: needs `data` (the settings whose training rows define the vocabulary)."
         )
-    source = Path(resolve_model_source(model))
-    hf_model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    source = Path(resolve_source(model, "model"))
+    hf_model = load_teacher(str(source), "model").eval()  # a fine-tuned classifier, not a random head
     tokenizer = AutoTokenizer.from_pretrained(source)
     result: dict[str, Any] = {"parameters_before": count_parameters(hf_model)}
     if trim_vocabulary:

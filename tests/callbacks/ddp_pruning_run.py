@@ -18,14 +18,14 @@ Both modes run the same maths, so the single-process run is a reference for the 
 * Gradients. DDP averages the per-rank gradients, i.e. it follows ``mean(rank losses)``. That equals the
   single-process loss only when every rank loss is a per-row mean over equally many rows. So: 40 training
   rows (60 - 8 test - 12 validation) = 5 global batches of 8, 4 rows per rank in every step, no padded or
-  duplicated rows; and no transfer rows (label -100): KDLoss's hard term is a mean over the *labelled* rows
-  of a batch, so with transfer rows the two ranks' hard terms average over different counts and DDP
-  no longer follows the mean over the global batch (``transfer_fraction`` is a parameter to show it).
+  duplicated rows. KDLoss's hard term is a mean over the *labelled* rows of a batch, and with transfer
+  rows (label -100) the ranks hold different counts: `DistillationModule` weights each rank's hard term
+  by its share of the labelled rows, so the test runs with ``--transfer-fraction 0.3``.
 * Dropout is off (the teacher is loaded without it and the student copies its config): each DDP rank draws
   its own masks (from the same seed on both ranks) for other rows than the single process would.
 * Validation: 12 rows, 6 per rank (Lightning's DistributedSampler pads an uneven split with duplicates).
-  torchmetrics syncs ``val/acc`` and ``val/f1`` across ranks; ``val/loss`` and ``train/loss`` are logged
-  without ``sync_dist``, so each rank saves its own value and the caller averages them (equal row counts).
+  torchmetrics syncs ``val/acc`` and ``val/f1`` across ranks and ``val/loss`` is logged with ``sync_dist``;
+  ``train/*`` are per rank, so each rank saves its own value and the caller averages them.
 """
 
 from __future__ import annotations

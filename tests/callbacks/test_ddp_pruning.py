@@ -4,10 +4,10 @@
 step (its docstring explains why the maths is then the same). Measured on the test setting: the two DDP
 ranks end bit-identical; DDP vs one process differ by <= 1.5e-7 in any weight and <= 1.2e-7 in any loss
 (float32 reduction order: sums over 4+4 rows and a gradient all-reduce instead of one sum over 8 rows),
-and no mask differs. What a real divergence looks like, measured with the same script: with 30% transfer
-rows (KDLoss's hard term averaged per rank over different labelled counts) weights differ by 7.8e-3 and
-losses by 4e-4 to 6e-4; with dropout 0.1 (rank-local masks) weights by 6e-2, val/loss by 4.3e-5, train/loss
-by 3.9e-3. The tolerances sit in between: 80x (losses) to 700x (weights) above the float noise, 4x to
+and no mask differs. The run has 30% transfer rows (label -100), so the ranks' labelled counts differ:
+before DistillationModule weighted each rank's hard term by its share of the labelled rows, that alone
+made weights differ by 7.8e-3 and losses by 4e-4 to 6e-4. Dropout 0.1 (rank-local masks): weights 6e-2,
+val/loss 4.3e-5, train/loss 3.9e-3. The tolerances sit in between: 80x (losses) to 700x (weights) above the float noise, 4x to
 80x below the smallest divergence.
 """
 
@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-WEIGHT_ATOL = 1e-4  # measured 1.4e-7; transfer rows gave 7.8e-3, dropout 6e-2
+WEIGHT_ATOL = 1e-4  # measured 1.4e-7; unweighted hard terms gave 7.8e-3, dropout 6e-2
 LOSS_ATOL = 1e-5  # measured 1.2e-7 (~1 ulp at 1.1); 1e-4 would pass dropout's 4.3e-5 on val/loss
 RATE_ATOL = 1e-6  # accuracy / F1: synced counts over identical predictions, so equal up to float32 rounding
 
@@ -39,7 +39,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_teacher_dir, tiny_csv
     for devices in (2, 1):  # concurrently: most of each run is start-up (imports, gloo rendezvous)
         log = open(tmp_path / f"devices{devices}.log", "w")  # noqa: SIM115 (closed below)
         proc = subprocess.Popen(
-            [*cmd, str(tmp_path), "--devices", str(devices)], env=env, stdout=log, stderr=log
+            [*cmd, str(tmp_path), "--devices", str(devices), "--transfer-fraction", "0.3"],
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         runs[devices] = (proc, log)
     try:
@@ -78,8 +81,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_teacher_dir, tiny_csv
         diff = (ranks[0]["student"][name] - weight).abs().max().item()
         assert diff < WEIGHT_ATOL, (name, diff)
 
-    # Metrics: val/acc and val/f1 are synced by torchmetrics; val/loss and the last step's train/* are
-    # logged without sync_dist, i.e. per rank: their mean over the ranks (equal row counts) is the global one.
+    # Metrics: val/acc, val/f1 (torchmetrics) and val/loss (sync_dist) are synced; the last step's train/*
+    # are per rank: their mean over the ranks (equal row counts, hard term weighted) is the global one.
     metrics = [r["metrics"] for r in ranks]
     for key, atol in [("val/acc", RATE_ATOL), ("val/f1", RATE_ATOL)]:
         assert abs(metrics[0][key] - metrics[1][key]) < atol, key

@@ -1,0 +1,176 @@
+"""Training speed: the teacher-output cache, and achieved FLOP/s against this machine's matmul peak.
+
+1. Teacher cache. `DistillationModule` (3-layer student, 6-layer teacher) trained for 2 epochs with and
+   without ``teacher_cache``; the cache is built before training (its time is reported, not counted in
+   steps). Speed-up = uncached / cached wall time of the second epoch's steps. The ideal speed-up is
+   (t_teacher + t_student) / t_student, with t_teacher the teacher's forward passes and t_student the
+   student's training steps (forward, KD loss on precomputed teacher logits, backward, AdamW) over the same
+   batches, timed without any framework. Ratio = speed-up / ideal (goal >= 0.9).
+2. Training efficiency. FLOP/s of the cached student training (second epoch) = 6 x N x tokens / time,
+   N the student's non-embedding parameters, tokens the real (unpadded) tokens of those batches; ratio to
+   the fp32 matmul peak measured here (best of square n x n matmuls, 2n^3 FLOP each) with the same
+   threads. Variants: random batches (``bucket_by_length=False``) and length-bucketed batches.
+Rounds alternate the variants' order.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from lightning.pytorch import seed_everything
+
+from bench.common import (
+    Entry,
+    StepTimes,
+    copies,
+    datamodule,
+    median,
+    non_embedding_parameters,
+    teacher_and_student,
+    trainer,
+)
+from compress.distill import KDLoss, TeacherCache
+from compress.modules import DistillationModule
+from compress.modules.task import model_inputs
+
+EPOCHS = 2
+CACHE_GOAL, FLOPS_GOAL = 0.9, 0.6
+
+
+def matmul_peak(sizes=(256, 512, 1024, 2048), repeats: int = 10) -> dict:
+    """Best median FLOP/s of fp32 ``a @ b`` over square sizes."""
+    best = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        best[n] = 2 * n**3 / median(times)
+    size = max(best, key=best.get)
+    return {
+        "flops": best[size],
+        "size": size,
+        "by_size_gflops": {n: round(f / 1e9, 2) for n, f in best.items()},
+    }
+
+
+def epoch_batches(data, epoch: int) -> list[dict]:
+    loader = data.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def fit_epochs(teacher, student, data, cache_dir: str | None) -> tuple[StepTimes, float]:
+    """Steps of a 2-epoch KD run, and the seconds spent building the cache (0 when reused or off)."""
+    seed_everything(0, verbose=False)
+    t, s = copies(teacher, student)
+    cache = TeacherCache(directory=cache_dir, verify=False) if cache_dir else None
+    module = DistillationModule(
+        teacher=t, student=s, loss=KDLoss(0.5, 2.0), learning_rate=1e-4, teacher_cache=cache
+    )
+    timer = StepTimes()
+    start = time.perf_counter()
+    trainer(epochs=EPOCHS, callbacks=[timer]).fit(module, datamodule=data)
+    setup = timer.starts[0] - start
+    return timer, setup
+
+
+def framework_free(teacher, student, batches) -> tuple[float, float]:
+    """(teacher forward seconds, student step seconds) over ``batches``, plain PyTorch."""
+    (student,) = copies(student)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    kd = KDLoss(0.5, 2.0)
+    with torch.no_grad():
+        start = time.perf_counter()
+        logits = [teacher(**model_inputs(b)).logits for b in batches]
+        t_teacher = time.perf_counter() - start
+    student.train()
+    start = time.perf_counter()
+    for batch, teacher_logits in zip(batches, logits, strict=True):
+        loss = kd(student(**model_inputs(batch)).logits, teacher_logits, batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return t_teacher, time.perf_counter() - start
+
+
+def tokens(batches) -> tuple[int, int]:
+    return sum(int(b["attention_mask"].sum()) for b in batches), sum(b["input_ids"].numel() for b in batches)
+
+
+def measure(quick: bool = False) -> list[Entry]:
+    rows, rounds = (320, 1) if quick else (640, 3)
+    teacher, student = teacher_and_student()
+    plain, bucketed = datamodule(rows), datamodule(rows, bucket_by_length=True)
+    second = {"plain": epoch_batches(plain, 1), "bucketed": epoch_batches(bucketed, 1)}
+    work = 6 * non_embedding_parameters(student)
+    times = {k: [] for k in ("uncached", "cached", "cached_bucketed", "teacher", "student")}
+    builds = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for r in range(rounds):
+            runs = [
+                ("uncached", plain, None),
+                ("cached", plain, cache_dir),
+                ("cached_bucketed", bucketed, cache_dir),
+            ]
+            for key, data, directory in runs if r % 2 == 0 else runs[::-1]:
+                timer, setup = fit_epochs(teacher, student, data, directory)
+                times[key].append(sum(timer.durations(epoch=EPOCHS - 1)))
+                if directory and setup > 0:
+                    builds.append(round(setup, 2))
+            t_teacher, t_student = framework_free(teacher, student, second["plain"])
+            times["teacher"].append(t_teacher)
+            times["student"].append(t_student)
+    t = {k: median(v) for k, v in times.items()}
+    speedup = t["uncached"] / t["cached"]
+    ideal = (t["teacher"] + t["student"]) / t["student"]
+    peak = matmul_peak()
+    steps = len(second["plain"])
+    cache_entry = Entry(
+        "teacher cache: step-time speed-up from the 2nd epoch / ideal (t_teacher + t_student) / t_student",
+        speedup / ideal,
+        CACHE_GOAL,
+        "higher",
+        {
+            "speedup": round(speedup, 3),
+            "ideal": round(ideal, 3),
+            "epoch2_seconds": {k: round(t[k], 3) for k in ("uncached", "cached")},
+            "framework_free_seconds": {
+                "teacher_forward": round(t["teacher"], 3),
+                "student_step": round(t["student"], 3),
+            },
+            "steps_per_epoch": steps,
+            "setup_seconds_incl_cache_build": builds,
+        },
+        f"{rows} rows, batch 32, max_length 64, {rounds} rounds; medians over rounds",
+    )
+    entries = [cache_entry]
+    for key, batches in (("cached", second["plain"]), ("cached_bucketed", second["bucketed"])):
+        real, padded = tokens(batches)
+        achieved = work * real / t[key]
+        entries.append(
+            Entry(
+                f"training FLOP/s / matmul peak ({'length-bucketed' if 'bucketed' in key else 'random'})",
+                achieved / peak["flops"],
+                FLOPS_GOAL,
+                "higher",
+                {
+                    "achieved_gflops": round(achieved / 1e9, 2),
+                    "peak_gflops": round(peak["flops"] / 1e9, 2),
+                    "peak_by_size_gflops": peak["by_size_gflops"],
+                    "non_embedding_params": work // 6,
+                    "real_tokens": real,
+                    "padded_tokens": padded,
+                    "epoch2_seconds": round(t[key], 3),
+                    "tokens_per_second": round(real / t[key], 1),
+                },
+                "6·N FLOPs per real token; student-only step (teacher cache on)",
+            )
+        )
+    return entries

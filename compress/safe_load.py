@@ -1,0 +1,71 @@
+"""Loading without unpickling: model folders as safetensors, checkpoints with ``weights_only=True``.
+
+Unpickling a file can run any code it names, so nothing here unpickles unless the user asks for it:
+
+- model folders load with `load_pretrained` (``from_pretrained(..., use_safetensors=True)``); a folder whose
+  weights are only pickled (``pytorch_model.bin``) is refused with the fix in the message;
+- Lightning checkpoints load with ``weights_only=True`` (tensors and plain data only), which is what every
+  checkpoint of this project holds: `compress fit/validate/test --ckpt_path`, the pipeline's resume and
+  `callbacks.structured_pruning.load_pruned_checkpoint` pass it explicitly (``weights_only=False``, or
+  ``--weights_only false`` on the command line, is the opt-in for a trusted file).
+
+Example:
+    >>> from transformers import AutoModelForSequenceClassification
+    >>> from compress.assets import resolve_model_source
+    >>> model = load_pretrained(AutoModelForSequenceClassification, resolve_model_source("minilm-l6"),
+    ...     "model.model", num_labels=2)
+    >>> model.config.num_labels
+    2
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+def load_pretrained(cls: Any, source: str | Path, field: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(source, use_safetensors=True, **kwargs)``; ``field`` names the setting in errors.
+
+    Raises:
+        ValueError: ``source`` is a folder whose weights transformers would unpickle.
+    """
+    pickled = pickled_weights(Path(source))
+    if pickled is not None:
+        raise ValueError(
+            f"{field}: {source} holds pickled weights ({pickled}), which are not loaded because unpickling "
+            "can run code. If you trust the folder, re-save it once as safetensors: "
+            "`AutoModelForSequenceClassification.from_pretrained(folder).save_pretrained(folder)`, "
+            "or load the model yourself and pass the module instead of the path"
+        )
+    return cls.from_pretrained(source, use_safetensors=True, **kwargs)
+
+
+def pickled_weights(folder: Path) -> str | None:
+    """The pickled weights file transformers would read from ``folder`` (not a folder, or safe: None)."""
+    if not folder.is_dir():
+        return None
+    config = folder / "config.json"
+    named = json.loads(config.read_text()).get("transformers_weights") if config.is_file() else None
+    if named and not named.endswith(SAFE_SUFFIXES):  # read even with use_safetensors=True
+        return named
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        return None
+    return next((p.name for p in sorted(folder.glob("pytorch_model*.bin*"))), None)
+
+
+def check_checkpoint_file(path: str | Path, field: str, fix: str) -> None:
+    """A checkpoint that is missing, truncated or corrupted (e.g. a run killed while writing it) fails here,
+    with ``field`` and ``fix`` in the message, before anything is built from it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{field}: {path} does not exist; {fix}")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError) as err:  # OSError: mmap of a truncated file
+        raise ValueError(f"{field}: {path} is damaged ({str(err).split('.')[0]}); {fix}") from err

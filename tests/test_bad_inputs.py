@@ -1,0 +1,482 @@
+"""A catalogue of bad inputs: each is refused before training starts, by the entry point a user hits.
+
+Every case names the offending setting and says the fix (two fragments of the message are checked), and
+leaves nothing behind: no run folder, no stage folder, no export, and every file that existed before
+(inputs, an earlier run, an export folder, a checkpoint) is byte-identical afterwards.
+
+- ``compress pipeline --config``: the pipeline YAML, the settings of its fit stages, the data files;
+- ``Trainer.fit`` with our modules and datamodule: model pairs, data against models, ``ckpt_path``,
+  ``callbacks.ExportOnFitEnd``;
+- ``compress export``: the export folder and the model it reads.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from callbacks import ExportOnFitEnd
+from compress.cli import main
+from compress.data import TextClassificationDataModule
+from compress.distill.intermediate import IntermediateDistillation
+from compress.modules import DistillationModule, TaskModule
+from tests.compress.pipeline.test_pipeline import crash_in
+from tests.conftest import quick_trainer, tiny_bert
+
+DROP = object()  # as a changed value: delete the key
+
+
+def snapshot(root: Path) -> dict | None:
+    """Every file and folder under ``root`` with the file contents (None: ``root`` does not exist)."""
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir" for p in root.rglob("*")}
+
+
+def assert_says(message: str, field: str, fix: str) -> None:
+    assert field in message, f"the error does not name {field!r}: {message}"
+    assert fix in message, f"the error does not say the fix ({fix!r}): {message}"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
+    """Files the cases read (and must leave as they are): data files, teachers, an export, a checkpoint."""
+    root = tmp_path_factory.mktemp("inputs")
+    rows = Path(tiny_csv).read_text().splitlines()
+    (root / "two_classes.csv").write_text("\n".join(r for r in rows if ",neutral," not in r) + "\n")
+    positive = [r for r in rows if ",positive," in r]
+    (root / "one_class.csv").write_text("\n".join([rows[0], *positive, *positive]) + "\n")
+    (root / "empty.csv").write_text("")
+    (root / "blank_texts.csv").write_text(rows[0] + "\n" + "".join(f" ,positive,{i}\n" for i in range(60)))
+    named = tiny_bert(num_labels=3)
+    named.config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+    named.config.label2id = {name: i for i, name in named.config.id2label.items()}
+    named.save_pretrained(root / "named_teacher")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "named_teacher")
+    (root / "export").mkdir()
+    (root / "export" / "config.json").write_text('{"from": "an earlier export"}')
+    (root / "a_file").write_text("not a folder")
+    data = dict(source=tiny_csv, tokenizer=tokenizer_dir, text_column="review", label_column="sentiment")
+    run = tmp_path_factory.mktemp("two_layer_run")
+    quick_trainer(root=str(run), steps=1).fit(
+        TaskModule(tiny_bert(num_labels=3, layers=2)),
+        datamodule=TextClassificationDataModule(**data, test_size=12, val_size=12, max_length=16),
+    )
+    shutil.copy(next(run.rglob("*.ckpt")), root / "two_layer.ckpt")
+    return SimpleNamespace(root=root, named_teacher=str(root / "named_teacher"))
+
+
+# --- compress pipeline --config ----------------------------------------------------------------------
+
+
+def base_pipeline(teacher: str, data: dict) -> dict:
+    """One fit stage that would fine-tune the tiny teacher for a step on the tiny 3-class csv."""
+    trainer = {"max_steps": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer.update(limit_val_batches=1, num_sanity_val_steps=0)
+    model = {
+        "class_path": "compress.modules.TaskModule",
+        "init_args": {"model": teacher, "learning_rate": 1e-3},
+    }
+    return {"data": dict(data), "stages": {"teacher": {"fit": {"model": model, "trainer": trainer}}}}
+
+
+def changed(config: dict, changes: dict, inputs: SimpleNamespace) -> dict:
+    """``config`` with dotted keys set (``DROP`` deletes); ``inputs/...`` strings point into ``inputs``."""
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        if value is DROP:
+            del node[key]
+        else:
+            node[key] = json.loads(json.dumps(value).replace("inputs/", f"{inputs.root}/"))
+    return config
+
+
+def student(**init_args) -> dict:
+    return {"fit": {"model": {"class_path": "compress.modules.DistillationModule", "init_args": init_args}}}
+
+
+def export_on_fit_end(path: str) -> list:
+    return [{"class_path": "callbacks.ExportOnFitEnd", "init_args": {"path": path}}]
+
+
+FIT = "stages.teacher.fit"
+PIPELINE_CASES = [  # changes to the one-stage pipeline, a fragment naming the field, one saying the fix
+    # the pipeline YAML
+    pytest.param(
+        {"stages.teacher": {"train": {}}}, "stages.teacher", "give exactly one of", id="unknown_stage_kind"
+    ),
+    pytest.param({"stages": DROP}, "`stages`", "must map stage names", id="no_stages"),
+    pytest.param({"data": "rotten_tomatoes"}, "data:", "give data settings", id="data_not_a_mapping"),
+    pytest.param(
+        {"stages.student": student(teacher="{techer}")},
+        "stages.student: '{techer}'",
+        "earlier stages: ['teacher']",
+        id="placeholder_of_no_stage",
+    ),
+    pytest.param(
+        {"stages.student": student(teacher="{teacher")},
+        "stages.student.fit.model.init_args.teacher",
+        "write '{name}' with the name of an earlier stage",
+        id="placeholder_malformed",
+    ),
+    pytest.param(
+        {"stages.export": {"export": {"onnx": False}}},
+        "stages.export.export.model",
+        "which model to export",
+        id="export_stage_without_model",
+    ),
+    pytest.param(
+        {"stages.report": {"report": {"rounds": 1}}},
+        "stages.report.report.models",
+        "map display names to model folders",
+        id="report_stage_without_models",
+    ),
+    pytest.param(
+        {"stages.export": {"export": {"model": "{teacher}", "int8": "no"}}},
+        "stages.export.export.int8",
+        "must be true or false",
+        id="export_flag_not_a_bool",
+    ),
+    # the fit stages' settings: parsed for every stage before the first one trains
+    pytest.param({f"{FIT}.model": DROP}, FIT, "arguments are required: model", id="fit_stage_without_model"),
+    pytest.param(
+        {"stages.student": student(learning_rate=1e-3)},
+        "stages.student.fit",
+        "arguments are required: teacher",
+        id="late_stage_without_teacher",
+    ),
+    pytest.param(
+        {f"{FIT}.trainer.max_step": 1}, FIT, "'trainer' does not accept option 'max_step'", id="trainer_typo"
+    ),
+    pytest.param(
+        {f"{FIT}.model.init_args.learning_rat": 1e-3},
+        FIT,
+        "Option 'learning_rat' is not accepted",
+        id="model_setting_typo",
+    ),
+    pytest.param(
+        {"data.batch_size": "sixteen"}, "data.batch_size", "Expected a <class 'int'>", id="batch_size_type"
+    ),
+    pytest.param(
+        {"data.batch_size": -4}, "data.batch_size", "must be a positive number", id="batch_size_negative"
+    ),
+    pytest.param(
+        {f"{FIT}.model.init_args.learning_rate": -1e-3},
+        "model.learning_rate",
+        "must be > 0",
+        id="learning_rate_negative",
+    ),
+    pytest.param({"data.test_size": 1.5}, "data.test_size", "a fraction in (0, 1)", id="test_size_above_one"),
+    pytest.param(
+        {"data.test_size": 1000}, "data.test_size", "choose a smaller value", id="test_size_above_rows"
+    ),
+    # the data files
+    pytest.param(
+        {"data.source": "inputs/missing.csv"},
+        "data.source",
+        "pass an existing data file",
+        id="data_file_missing",
+    ),
+    pytest.param(
+        {"data.source": "inputs/empty.csv"}, "data.source", "is empty; pass a file", id="empty_file"
+    ),
+    pytest.param(
+        {"data.source": "inputs/blank_texts.csv"},
+        "data.text_column: none of the 60 rows has text",
+        "pass data with labelled rows of text",
+        id="no_row_has_text",
+    ),
+    pytest.param(
+        {"data.text_column": "body"}, "data.text_column", "available: ['review'", id="text_column_missing"
+    ),
+    pytest.param(
+        {"data.label_column": "stars"}, "data.label_column", "available: ['review'", id="label_column_missing"
+    ),
+    pytest.param(
+        {"data.source": "inputs/one_class.csv"},
+        "model.num_labels",
+        "data holds every class",
+        id="single_class_data",
+    ),
+    pytest.param(
+        {"data.label_names": ["negative", "positive"]},
+        "data.label_column",
+        "set data.label_names to the full class list",
+        id="labels_outside_label_names",
+    ),
+    # an export at the end of a fit stage, to a folder that exists: refused in setup
+    pytest.param(
+        {f"{FIT}.trainer.callbacks": export_on_fit_end("inputs/export")},
+        "ExportOnFitEnd.path",
+        "pass overwrite=True",
+        id="stage_export_on_fit_end_exists",
+    ),
+]
+
+
+def run_pipeline_config(config: dict, tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    main(["pipeline", "--config", str(path), "--output", str(tmp_path / "run")])
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(("changes", "field", "fix"), PIPELINE_CASES)
+def test_pipeline_refuses(changes, field, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
+    config = changed(base_pipeline(tiny_teacher_dir, tiny_data_kwargs), changes, inputs)
+    before = snapshot(inputs.root)
+    with pytest.raises(ValueError) as refused:
+        run_pipeline_config(config, tmp_path)
+    assert_says(str(refused.value), field, fix)
+    assert not (tmp_path / "run").exists(), "a refused run left a partial run folder"
+    assert snapshot(inputs.root) == before
+
+
+def test_pipeline_refusal_keeps_the_previous_run(inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
+    """A changed stage is refused in setup: the stage folder of the earlier run is put back as it was."""
+    stage = tmp_path / "run" / "stages" / "teacher"
+    (stage / "model").mkdir(parents=True)
+    (stage / "model" / "model.safetensors").write_bytes(b"the weights of an earlier run")
+    (stage / "manifest.json").write_text(json.dumps({"fingerprint": "earlier", "result": {}}))
+    before = snapshot(tmp_path / "run")
+    config = changed(base_pipeline(tiny_teacher_dir, tiny_data_kwargs), {"data.test_size": 1000}, inputs)
+    with pytest.raises(ValueError) as refused:
+        run_pipeline_config(config, tmp_path)
+    assert_says(str(refused.value), "data.test_size", "choose a smaller value")
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_pipeline_refuses_a_damaged_resume_checkpoint(
+    tiny_teacher_dir, tiny_data_kwargs, tmp_path, monkeypatch
+):
+    """Killed while writing last.ckpt: the rerun refuses the truncated file and changes nothing."""
+    config = base_pipeline(tiny_teacher_dir, tiny_data_kwargs)
+    config["stages"]["teacher"]["fit"]["trainer"]["max_steps"] = 4
+    with monkeypatch.context() as patch:
+        crash_in("teacher", at_step=3, monkeypatch=patch)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_pipeline_config(config, tmp_path)
+    last = tmp_path / "run" / "stages" / "teacher" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ValueError) as refused:
+        run_pipeline_config(config, tmp_path)
+    assert_says(str(refused.value), "stages.teacher: ", "delete it to run the stage again")
+    assert "last.ckpt is damaged" in str(refused.value)
+    assert snapshot(tmp_path / "run") == before
+
+
+# --- Trainer.fit with our modules -------------------------------------------------------------------
+
+
+def small_vocabulary_bert():
+    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config.intermediate_size, config.num_labels = 64, 3
+    return BertForSequenceClassification(config)
+
+
+FIT_CASES = [  # (inputs, teacher, fit) -> builds a module and fits it; the field; the fix
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(teacher, student=tiny_bert(num_labels=2, layers=1))),
+        "model.student",
+        "they must agree",
+        id="teacher_student_label_counts",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(teacher), source=f"{i.root}/two_classes.csv"),
+        "model.student: the model head has 3 labels but the data",
+        "use a model fine-tuned on this label set",
+        id="data_labels_differ_from_teacher",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            DistillationModule(i.named_teacher), label_names=["positive", "neutral", "negative"]
+        ),
+        "model.teacher: the teacher's labels are ['negative', 'neutral', 'positive']",
+        "set data.label_names to ['negative', 'neutral', 'positive']",
+        id="teacher_label_names_in_another_order",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(teacher), source=f"{i.root}/one_class.csv"),
+        "data.label_column",
+        "at least 2 classes",
+        id="single_class_for_distillation",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(TaskModule(small_vocabulary_bert())),
+        "model: the tokenizer has 30522 tokens but the model's embeddings only 1000",
+        "use the model's own tokenizer (data.tokenizer",
+        id="tokenizer_larger_than_vocabulary",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(TaskModule(tiny_bert(num_labels=3)), max_length=512),
+        "data.max_length",
+        "set data.max_length <= 128",
+        id="max_length_beyond_positions",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            DistillationModule([teacher, teacher], intermediate=IntermediateDistillation())
+        ),
+        "model.intermediate",
+        "give one teacher",
+        id="intermediate_with_two_teachers",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule("minilm-l6")),
+        "model.teacher",
+        "fine-tune it first",
+        id="teacher_not_fine_tuned",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(f"{i.root}/no_teacher")),
+        "model.teacher",
+        "pass an existing folder",
+        id="teacher_folder_missing",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            TaskModule(tiny_bert(num_labels=3, layers=1)), ckpt_path=f"{i.root}/two_layer.ckpt"
+        ),
+        "ckpt_path: the checkpoint holds another model's weights",
+        "pass a checkpoint written with this model's settings",
+        id="checkpoint_of_another_model",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(teacher), ckpt_path=f"{i.root}/two_layer.ckpt"),
+        "ckpt_path: the checkpoint holds another model's weights",
+        "pass a checkpoint written with this model's settings",
+        id="task_checkpoint_for_distillation",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(teacher, num_labels=1)),
+        "model.num_labels: 1",
+        "the data holds every class",
+        id="one_label_for_distillation",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            TaskModule(tiny_bert(num_labels=3, layers=1)), callbacks=[ExportOnFitEnd(f"{i.root}/export")]
+        ),
+        "ExportOnFitEnd.path",
+        "choose another path or pass overwrite=True",
+        id="export_on_fit_end_path_exists",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            TaskModule(tiny_bert(num_labels=3, layers=1)),
+            callbacks=[ExportOnFitEnd(f"{fit.root}/hf", onnx_path=f"{i.root}/export")],
+        ),
+        "ExportOnFitEnd.onnx_path",
+        "choose another path or pass overwrite=True",
+        id="export_on_fit_end_onnx_path_exists",
+    ),
+]
+
+
+class Fit:
+    """``fit(module, callbacks=..., ckpt_path=..., **data changes)``: a short run rooted at ``root``."""
+
+    def __init__(self, root: Path, data: dict) -> None:
+        self.root, self.data, self.trainers = root, data, []
+
+    def __call__(self, module, callbacks=(), ckpt_path=None, **data_changes) -> None:
+        trainer = quick_trainer(root=str(self.root), steps=2, callbacks=list(callbacks))
+        self.trainers.append(trainer)
+        datamodule = TextClassificationDataModule(**{**self.data, **data_changes})
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+
+@pytest.mark.parametrize(("case", "field", "fix"), FIT_CASES)
+def test_fit_refuses(case, field, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
+    fit = Fit(tmp_path / "run", tiny_data_kwargs)
+    before = snapshot(inputs.root)
+    with pytest.raises((ValueError, FileNotFoundError)) as refused:
+        case(inputs, tiny_teacher_dir, fit)
+    assert_says(str(refused.value), field, fix)
+    assert all(trainer.global_step == 0 for trainer in fit.trainers), "training started"
+    assert not fit.root.exists(), "a refused run left a partial run folder"
+    assert snapshot(inputs.root) == before
+
+
+# --- compress fit --ckpt_path ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "fix"),
+    [
+        pytest.param(
+            "missing.ckpt", "does not exist; pass the .ckpt of an earlier run", id="ckpt_path_missing"
+        ),
+        pytest.param("truncated.ckpt", "is damaged", id="ckpt_path_truncated"),
+    ],
+)
+def test_cli_refuses_a_checkpoint_it_cannot_read(
+    checkpoint, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path
+):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((inputs.root / "two_layer.ckpt").read_bytes()[:5000])
+    config = {
+        "model": {"class_path": "compress.modules.TaskModule", "init_args": {"model": tiny_teacher_dir}},
+        "data": tiny_data_kwargs,
+        "trainer": {"max_steps": 1, "logger": False, "default_root_dir": str(tmp_path / "run")},
+    }
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    args = ["fit", "--config", str(tmp_path / "fit.yaml"), "--ckpt_path", str(tmp_path / checkpoint)]
+    with pytest.raises(ValueError) as refused:
+        main(args)
+    assert_says(str(refused.value), "ckpt_path: ", fix)
+    assert not (tmp_path / "run").exists()
+
+
+# --- compress export --------------------------------------------------------------------------------
+
+EXPORT_CASES = [  # compress export arguments (teacher: a good model, out: a new folder), field, fix
+    pytest.param(
+        ["--model", "{teacher}", "--output", "inputs/export"],
+        "output: export path",
+        "choose another path or pass overwrite=True",
+        id="export_folder_exists",
+    ),
+    pytest.param(
+        ["--model", "{teacher}", "--output", "inputs/a_file"],
+        "output: export path",
+        "choose another path or pass overwrite=True",
+        id="export_path_is_an_existing_file",
+    ),
+    pytest.param(
+        ["--model", "inputs/no_model", "--output", "{out}"],
+        "model: model source",
+        "pass an existing folder",
+        id="export_model_missing",
+    ),
+    pytest.param(
+        ["--model", "minilm-l6", "--output", "{out}"], "model:", "fine-tune it first", id="export_base_model"
+    ),
+    pytest.param(
+        ["--model", "{teacher}", "--output", "{out}", "--trim_vocabulary", "true"],
+        "trim_vocabulary",
+        "needs `data`",
+        id="export_trim_without_data",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "field", "fix"), EXPORT_CASES)
+def test_export_refuses(args, field, fix, inputs, tiny_teacher_dir, tmp_path):
+    out = tmp_path / "export"
+    values = {"{teacher}": tiny_teacher_dir, "{out}": str(out)}
+    args = [values.get(a, a.replace("inputs/", f"{inputs.root}/")) for a in args]
+    before = snapshot(inputs.root)
+    with pytest.raises((ValueError, FileNotFoundError)) as refused:
+        main(["export", *args, "--onnx", "false"])
+    assert_says(str(refused.value), field, fix)
+    assert not out.exists(), "a refused export left a partial folder"
+    assert snapshot(inputs.root) == before
