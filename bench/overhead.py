@@ -45,7 +45,7 @@ def optimizer_and_schedule(model: torch.nn.Module, steps: int, lr: float):
         {"params": [p for _, p in named if p.ndim > 1], "weight_decay": 0.01},
         {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = torch.optim.AdamW(groups, lr=lr, fused=True)
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(WARMUP * steps), steps)
 
 
