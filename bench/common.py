@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from compress.assets import resolve_model_source  # noqa: E402
+from compress.cli import PROGRESS_REFRESH  # noqa: E402  (what `compress fit` and the pipeline use)
 from compress.data import TextClassificationDataModule  # noqa: E402
 from compress.modules.loading import load_classifier  # noqa: E402
 from compress.peft import StudentFromTeacher  # noqa: E402
@@ -149,10 +150,11 @@ class StepTimes(Callback):
 
 
 def trainer(
-    steps: int = -1, epochs: int = 1, callbacks=(), progress_bar: bool = True, **overrides
+    steps: int = -1, epochs: int = 1, callbacks=(), progress_refresh: int = PROGRESS_REFRESH, **overrides
 ) -> Trainer:
-    """A fit-only Trainer as a user would run it: progress bar on (compress's refresh rate), no logger."""
-    bar = [TQDMProgressBar(refresh_rate=PROGRESS_REFRESH)] if progress_bar else []
+    """A fit-only Trainer as a user would run it: no logger, a progress bar redrawn every
+    ``progress_refresh`` steps (compress's default; 1 is Lightning's, 0 turns the bar off)."""
+    bar = [TQDMProgressBar(refresh_rate=progress_refresh)] if progress_refresh else []
     settings = dict(
         accelerator="cpu",
         max_steps=steps,
@@ -160,15 +162,12 @@ def trainer(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=bool(progress_refresh),
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[*bar, *callbacks],
     )
     return Trainer(**{**settings, **overrides})
-
-
-PROGRESS_REFRESH = 10  # TQDMProgressBar redraws every N steps (Lightning's default, 1, redraws each step)
 
 
 def median(values) -> float:

@@ -13,12 +13,16 @@ Example:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from compress.data import TextClassificationDataModule
 from compress.safe_load import check_checkpoint_file
+
+PROGRESS_REFRESH = 10  # steps between progress-bar redraws
 
 
 class CompressCLI(LightningCLI):
@@ -40,6 +44,16 @@ class CompressCLI(LightningCLI):
             fix = "pass the .ckpt of an earlier run of this config, or leave --ckpt_path out to start afresh"
             check_checkpoint_file(path, "ckpt_path", fix)
         super()._parse_ckpt_path()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Lightning's default progress bar redraws at every step; every PROGRESS_REFRESH steps is as
+        # informative and leaves the step time alone (bench/overhead.py). A progress bar of your own wins.
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in given
+        ):
+            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # --ckpt_path reads tensors and plain data only: Lightning's default (None) unpickles an http(s) URL,

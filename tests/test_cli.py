@@ -83,6 +83,27 @@ def test_fit_and_test_from_yaml_on_a_tiny_teacher(tiny_teacher_dir, tiny_csv, tm
     assert 0.0 <= metrics["test/acc"] <= 1.0 and cli.trainer.global_step == 2
 
 
+def test_the_progress_bar_redraws_every_few_steps_unless_set_or_off(tiny_teacher_dir, tiny_csv, tmp_path):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from compress.cli import PROGRESS_REFRESH
+
+    base = ["--config", "configs/tiny/distill.yaml", f"--model.init_args.teacher={tiny_teacher_dir}"]
+    base += [f"--data.source={tiny_csv}", "--data.text_column=review", "--data.label_column=sentiment"]
+    base += ["--data.test_size=12", "--data.val_size=12", f"--trainer.default_root_dir={tmp_path}"]
+    bar = CompressCLI(args=base, run=False).trainer.progress_bar_callback
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == PROGRESS_REFRESH
+    assert (
+        CompressCLI(
+            args=[*base, "--trainer.enable_progress_bar=false"], run=False
+        ).trainer.progress_bar_callback
+        is None
+    )
+    own = '{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 3}}'
+    mine = CompressCLI(args=[*base, f"--trainer.callbacks=[{own}]"], run=False).trainer.progress_bar_callback
+    assert mine.refresh_rate == 3
+
+
 def test_model_alias_resolves_to_the_offline_folder():
     from compress.assets import resolve_model_source
 

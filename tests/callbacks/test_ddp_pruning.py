@@ -7,8 +7,8 @@ ranks end bit-identical; DDP vs one process differ by <= 1.5e-7 in any weight an
 and no mask differs. The run has 30% transfer rows (label -100), so the ranks' labelled counts differ:
 before DistillationModule weighted each rank's hard term by its share of the labelled rows, that alone
 made weights differ by 7.8e-3 and losses by 4e-4 to 6e-4. Dropout 0.1 (rank-local masks): weights 6e-2,
-val/loss 4.3e-5, train/loss 3.9e-3. The tolerances sit in between: 80x (losses) to 700x (weights) above the float noise, 4x to
-80x below the smallest divergence.
+val/loss 4.3e-5, train/loss 3.9e-3. The tolerances sit in between: 80x (losses) to 700x (weights) above
+the float noise, 4x to 80x below the smallest divergence.
 """
 
 import os
