@@ -77,6 +77,9 @@ def _onnx_predict(path: Path) -> tuple[Predict, int, int]:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # idle onnxruntime threads would spin into the next model's turn (models take turns call by call)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
