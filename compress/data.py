@@ -149,7 +149,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         """Every training row once, shortest first (little padding): the teacher cache is built from it."""
         self.setup()
         train = self.splits["train"]
-        order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+        lengths = _lengths(train)
+        order = sorted(range(len(train)), key=lengths.__getitem__)
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(train, self.hparams.eval_batch_size, sampler=order, collate_fn=collate)
 
@@ -172,8 +173,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         sampler = None
         if shuffle:
-            lengths = [len(ids) for ids in dataset.with_format(None)["input_ids"]]
-            buckets = (lengths, batch_size) if self.hparams.bucket_by_length else (None, 1)
+            buckets = (_lengths(dataset), batch_size) if self.hparams.bucket_by_length else (None, 1)
             sampler = EpochShuffle(len(dataset), self.hparams.seed, *buckets)
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(
@@ -256,6 +256,10 @@ class DynamicPadding:
             padded = self.teacher_tokenizer.pad(teacher, return_tensors="pt")
             batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
         return batch
+
+
+def _lengths(ds: datasets.Dataset) -> list[int]:
+    return ds.with_format("arrow")[:].column("input_ids").combine_chunks().value_lengths().to_pylist()
 
 
 def fingerprint_rows(ds: datasets.Dataset) -> str:
