@@ -18,7 +18,7 @@ from functools import cached_property
 import datasets
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from compress.assets import resolve_model_source
@@ -173,8 +173,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         dataset = self.splits[split]
         sampler = None
         if shuffle:
-            buckets = (_lengths(dataset), batch_size) if self.hparams.bucket_by_length else (None, 1)
-            sampler = EpochShuffle(len(dataset), self.hparams.seed, *buckets)
+            lengths = _lengths(dataset) if self.hparams.bucket_by_length else None
+            ranks = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = EpochShuffle(len(dataset), self.hparams.seed, lengths, batch_size, *ranks)
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(
             dataset,
@@ -185,23 +186,34 @@ class TextClassificationDataModule(L.LightningDataModule):
         )
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """A permutation drawn from ``(seed, epoch)`` alone: the same order after a resume as without one.
 
-    Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP). ``resume(epoch,
-    start)`` makes the next pass over ``epoch`` begin at position ``start`` of its permutation: a run
-    resumed mid-epoch sees the rows it had not seen yet, as an uninterrupted run would. With ``lengths``,
-    each span of ``BUCKET_SPAN`` batches of the permutation is sorted by length and cut into batches of
-    ``batch_size``, and the full batches are shuffled (a short last batch stays last).
+    Lightning calls ``set_epoch`` at each epoch start. ``resume(epoch, start)`` makes the next pass over
+    ``epoch`` begin at position ``start`` of this process's rows: a run resumed mid-epoch sees the rows
+    it had not seen yet, as an uninterrupted run would. With ``lengths``, each span of ``BUCKET_SPAN``
+    global batches of the permutation is sorted by length and cut into batches, and the full batches are
+    shuffled (a short last batch stays last). Under DDP (``num_replicas`` > 1) every global batch of
+    ``batch_size x num_replicas`` rows is cut into one slice per rank, so the ranks together train on
+    the rows one process would with the global batch size; the order is padded by repeating its start
+    to whole global batches, as `DistributedSampler` pads. It is a `DistributedSampler` only so that
+    Lightning uses it as it is instead of wrapping (and reshuffling) it.
     """
 
     BUCKET_SPAN = 50
 
-    def __init__(
-        self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1
+    def __init__(  # DistributedSampler.__init__ is not called: it needs a dataset and a process group
+        self,
+        size: int,
+        seed: int,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
         self.lengths, self.batch_size = lengths, batch_size
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -215,16 +227,21 @@ class EpochShuffle(Sampler[int]):
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is not None:
             order = self._bucketed(order, generator)
+        if self.num_replicas > 1:
+            order = self._shard(order)
         if self._resume is not None and self._resume[0] == self.epoch:
             order = order[self._resume[1] :]
         self._resume = None
         return iter(order)
 
     def __len__(self) -> int:
-        return self.size
+        if self.num_replicas == 1:
+            return self.size
+        return -(-self.size // (self.batch_size * self.num_replicas)) * self.batch_size
 
     def _bucketed(self, order: list[int], generator: torch.Generator) -> list[int]:
-        size, span = self.batch_size, self.batch_size * self.BUCKET_SPAN
+        size = self.batch_size * self.num_replicas
+        span = size * self.BUCKET_SPAN
         batches = []
         for start in range(0, len(order), span):
             chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
@@ -232,6 +249,13 @@ class EpochShuffle(Sampler[int]):
         short = batches.pop() if len(batches[-1]) < size else []
         shuffled = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
         return [i for batch in shuffled for i in batch] + short
+
+    def _shard(self, order: list[int]) -> list[int]:
+        step = self.batch_size * self.num_replicas
+        total = -(-len(order) // step) * step
+        order = (order * (total // len(order) + 1))[:total]
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return [i for k in range(0, total, step) for i in order[k + lo : k + hi]]
 
 
 class DynamicPadding:

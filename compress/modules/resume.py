@@ -20,8 +20,9 @@ class ExactResume(Callback):
     and after a mid-epoch checkpoint it starts the data of the epoch over, in the order of the run's
     first epoch. This callback saves the torch/numpy/python RNG states with each checkpoint and, on
     resume, restores them and points an `EpochShuffle` sampler (``TextClassificationDataModule``'s) at
-    the first row the run had not trained on. Other samplers, and DDP, resume at the epoch's start (a
-    warning says so). Our modules add this callback themselves through ``configure_callbacks``.
+    the first row the run had not trained on (each rank's own rows under DDP). Other samplers resume
+    at the epoch's start (a warning says so). Our modules add this callback themselves through
+    ``configure_callbacks``.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -66,10 +67,10 @@ def _continue_mid_epoch(trainer: Trainer) -> bool:
     if loader is None or not 0 < done < len(loader):
         return False
     sampler = getattr(loader, "sampler", None)
-    if trainer.world_size > 1 or not isinstance(sampler, EpochShuffle):
+    if not isinstance(sampler, EpochShuffle):
         rank_zero_warn(
             f"ExactResume: resumed after batch {done} of epoch {trainer.current_epoch}, but the training "
-            "sampler cannot skip the rows already seen (DDP, or not an EpochShuffle): the epoch starts over"
+            "sampler cannot skip the rows already seen (not an EpochShuffle): the epoch starts over"
         )
         return False
     sampler.set_epoch(trainer.current_epoch)

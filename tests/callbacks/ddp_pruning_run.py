@@ -7,14 +7,10 @@ OUT/rank<r>.pt (one process: OUT/single.pt).
 
 Both modes run the same maths, so the single-process run is a reference for the DDP one:
 
-* Batches. The single process takes ``PER_RANK_BATCH * 2`` rows per step. Under DDP Lightning wraps our
-  `EpochShuffle` in a ``DistributedSamplerWrapper``, and for a training loader it always passes
-  ``shuffle=True`` (Lightning 2.6, ``_process_dataloader``; Lightning-AI/pytorch-lightning#21447): the
-  wrapper permutes the *positions* of EpochShuffle's order with ``randperm(seed=PL_GLOBAL_SEED + epoch)``
-  and deals the result out strided, rank r reading ``g[r::2]`` of ``g = order[perm]``. DDP step k thus
-  trains on ``g[8k:8k+8]``, not on ``order[8k:8k+8]``. The single process reads ``g`` too
-  (`DDPRowOrder`: the same wrapper with one replica), so both runs see the same rows at every step, split
-  into even and odd positions under DDP.
+* Batches. The single process takes ``PER_RANK_BATCH * 2`` rows per step. Under DDP our `EpochShuffle`
+  (a DistributedSampler, so Lightning does not wrap and reshuffle it) cuts every global batch of its
+  order into one slice per rank: DDP step k trains on the rows of the single process's step k, rank 0 on
+  the first half, rank 1 on the second.
 * Gradients. DDP averages the per-rank gradients, i.e. it follows ``mean(rank losses)``. That equals the
   single-process loss only when every rank loss is a per-row mean over equally many rows. So: 40 training
   rows (60 - 8 test - 12 validation) = 5 global batches of 8, 4 rows per rank in every step, no padded or
@@ -31,14 +27,11 @@ Both modes run the same maths, so the single-process run is a reference for the 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import Trainer, seed_everything
 from peft import LoraConfig
-from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification
 
 from callbacks import L1Sparsity, MagnitudePruning
@@ -49,19 +42,6 @@ from compress.peft import StudentFromTeacher
 PER_RANK_BATCH = 4
 PER_RANK_EVAL_BATCH = 6
 MAX_STEPS = 8  # 5 steps per epoch: the run crosses into a second epoch (EpochShuffle.set_epoch under DDP)
-
-
-class DDPRowOrder(TextClassificationDataModule):
-    """One process, training rows in the order 2 DDP ranks read them together (see the module docstring)."""
-
-    def train_dataloader(self) -> DataLoader:
-        loader = super().train_dataloader()
-        # Lightning's own wrapper and arguments, with one replica: no split, the permuted order in full.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = DistributedSamplerWrapper(loader.sampler, num_replicas=1, rank=0, shuffle=True, seed=seed)
-        return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn
-        )
 
 
 def main(
@@ -98,7 +78,7 @@ def main(
     )
     l1 = L1Sparsity(strength=1e-3, include=[r"lora_"], exclude=[r"teacher"])
     global_batch = PER_RANK_BATCH * 2
-    data = (TextClassificationDataModule if devices > 1 else DDPRowOrder)(
+    data = TextClassificationDataModule(
         source=csv,
         tokenizer=tokenizer,
         text_column="review",

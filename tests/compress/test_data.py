@@ -114,6 +114,19 @@ def test_length_buckets_cut_padding_and_keep_every_row_once():
     assert list(bucketed) == epoch_1
 
 
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_ddp_ranks_share_each_global_batch_of_the_single_process_order(bucketed):
+    lengths = [(7 * i) % 61 + 3 for i in range(203)] if bucketed else None
+    single = list(EpochShuffle(203, 0, lengths, batch_size=8))
+    ranks = [EpochShuffle(203, 0, lengths, batch_size=4, num_replicas=2, rank=r) for r in (0, 1)]
+    halves = [list(r) for r in ranks]
+    assert len(halves[0]) == len(halves[1]) == len(ranks[0]) == 104  # 26 steps; the last one padded
+    together = [i for k in range(0, 104, 4) for half in halves for i in half[k : k + 4]]
+    assert together[:203] == single and together[203:] == single[:5]
+    ranks[1].resume(0, 8)  # rank 1 resumed after 2 of its batches continues with its 3rd
+    assert list(ranks[1]) == halves[1][8:]
+
+
 def test_training_rows_carry_their_position_and_a_content_fingerprint(tiny_data_kwargs):
     dm = TextClassificationDataModule(**tiny_data_kwargs)
     ids = torch.cat([b["example_id"] for b in dm.train_dataloader()])
