@@ -6,7 +6,7 @@ Example:
     >>> dm.setup("fit")
     >>> batch = next(iter(dm.train_dataloader()))
     >>> sorted(batch), dm.num_labels
-    (['attention_mask', 'example_id', 'input_ids', 'labels'], 2)
+    (['attention_mask', 'example_id', 'input_ids', 'labels', 'token_type_ids'], 2)
 """
 
 from __future__ import annotations

@@ -12,16 +12,14 @@ Example:
     >>> folder = tempfile.mkdtemp() + "/cache"
     >>> batches = [(torch.tensor([1, 0]), torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]]))]
     >>> write_cache(folder, batches, rows=2, classes=3, top_k=2)
-    >>> CachedLogits(folder).lookup(torch.tensor([1]))
-    tensor([[-10000.,     -1.,      2.]])
+    >>> CachedLogits(folder).lookup(torch.tensor([1])).tolist()  # row 1 keeps 2.0 and 0.5; -1.0 dropped
+    [[0.5, -9999.5, 2.0]]
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,41 +78,38 @@ def write_cache(
 ) -> None:
     """Store ``(example_ids, logits)`` batches covering ids ``0..rows-1`` in ``folder``, all or nothing.
 
-    The files are written into a temporary sibling folder renamed into place at the end, so an
-    interrupted build leaves no cache behind, and a finished one is never overwritten.
+    The files are written through `atomic_output`, so an interrupted or failed build leaves no cache
+    behind, and a finished one is never overwritten.
     """
-    folder = Path(folder)
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    from compress.export.folder import atomic_output  # here: the export package costs seconds to import
+
     width = classes if top_k is None else min(top_k, classes)
-    values = np.lib.format.open_memmap(partial / "values.npy", "w+", np.float32, (rows, width))
-    indices = (
-        None
-        if width == classes
-        else np.lib.format.open_memmap(partial / "indices.npy", "w+", np.int64, (rows, width))
-    )
-    seen = np.zeros(rows, dtype=bool)
-    for ids, logits in batches:
-        ids = ids.cpu().numpy()
-        logits = logits.detach().float().cpu()
-        if indices is not None:
-            logits, kept = logits.topk(width, dim=-1)
-            indices[ids] = kept.numpy()
-        values[ids] = logits.numpy()
-        seen[ids] = True
-    if not seen.all():
-        shutil.rmtree(partial)
-        raise ValueError(
-            f"teacher_cache: the cache data loader gave {int(seen.sum())} of {rows} training rows; "
-            "it must yield every example_id once"
+    with atomic_output(folder) as staging:
+        values = np.lib.format.open_memmap(staging / "values.npy", "w+", np.float32, (rows, width))
+        indices = (
+            None
+            if width == classes
+            else np.lib.format.open_memmap(staging / "indices.npy", "w+", np.int64, (rows, width))
         )
-    values.flush()
-    if indices is not None:
-        indices.flush()
-    meta = {"format": FORMAT, "rows": rows, "classes": classes, "top_k": top_k}
-    (partial / "meta.json").write_text(json.dumps(meta))
-    os.replace(partial, folder)
+        seen = np.zeros(rows, dtype=bool)
+        for ids, logits in batches:
+            ids = ids.cpu().numpy()
+            logits = logits.detach().float().cpu()
+            if indices is not None:
+                logits, kept = logits.topk(width, dim=-1)
+                indices[ids] = kept.numpy()
+            values[ids] = logits.numpy()
+            seen[ids] = True
+        if not seen.all():
+            raise ValueError(
+                f"teacher_cache: the cache data loader gave {int(seen.sum())} of {rows} training rows; "
+                "it must yield every example_id once"
+            )
+        for array in (values, indices):
+            if array is not None:
+                array.flush()
+        meta = {"format": FORMAT, "rows": rows, "classes": classes, "top_k": top_k}
+        (staging / "meta.json").write_text(json.dumps(meta))
 
 
 class CachedLogits:

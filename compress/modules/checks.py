@@ -49,6 +49,16 @@ def check_model_matches_data(
     config.label2id = {name: i for i, name in config.id2label.items()}
 
 
+def check_num_labels(num_labels: int | None) -> None:
+    """A classifier needs at least two classes (``num_labels`` comes from the data through the CLI)."""
+    if num_labels is not None and num_labels < 2:
+        raise ValueError(
+            f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the count "
+            "from the data: check that data.label_column is the label column and that the data holds every "
+            "class)"
+        )
+
+
 def _check_label_names(config, names: list[str], field: str) -> None:
     """A teacher's label names (when it has real ones) are the data's, in the same id order."""
     own = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []

@@ -24,7 +24,7 @@ from compress.distill.losses import IGNORE_INDEX, KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
 from compress.distill.teacher_cache import TeacherCache
 from compress.modules.cached_teacher import check_cached_logits, open_teacher_cache
-from compress.modules.checks import check_checkpoint_matches, check_model_matches_data
+from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
 from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
@@ -120,12 +120,12 @@ class DistillationModule(L.LightningModule):
                 "model.intermediate: layer matching takes a single teacher; drop `intermediate` "
                 "or give one teacher"
             )
-        self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
         if teacher_cache is not None and intermediate is not None:
             raise ValueError(
                 "model.teacher_cache: intermediate distillation needs the teacher's hidden states at every "
                 "step; drop teacher_cache or intermediate"
             )
+        self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
         labels = self.student.config.num_labels
         self.val_metrics = classification_metrics(labels, "val/")
         self.test_metrics = classification_metrics(labels, "test/")
@@ -287,12 +287,7 @@ class DistillationModule(L.LightningModule):
 
 
 def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
-    if num_labels is not None and num_labels < 2:
-        raise ValueError(
-            f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the count "
-            "from the data: check that data.label_column is the label column and that the data holds every "
-            "class)"
-        )
+    check_num_labels(num_labels)
     t, s = teacher.config.num_labels, student.config.num_labels
     if t != s:
         raise ValueError(

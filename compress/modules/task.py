@@ -18,7 +18,7 @@ from peft import PeftConfig
 from torch import Tensor
 
 from compress.distill.losses import hard_ce
-from compress.modules.checks import check_checkpoint_matches, check_model_matches_data
+from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
 from compress.modules.finite import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
@@ -70,12 +70,7 @@ class TaskModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_optimization(learning_rate, weight_decay, warmup_ratio)
-        if num_labels is not None and num_labels < 2:
-            raise ValueError(
-                f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the "
-                "count from the data: check that data.label_column is the label column and that the data "
-                "holds every class)"
-            )
+        check_num_labels(num_labels)
         self.save_hyperparameters(ignore=["model"])
         self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
         self.model = prepare_for_training(load_classifier(model, num_labels, "model.model"), adapter, tuning)

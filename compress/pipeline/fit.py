@@ -136,14 +136,10 @@ def _resumable_checkpoint(folder: Path, fingerprint: str) -> str | None:
         and json.loads(running.read_text()).get("fingerprint") == fingerprint
         and last.is_file()
     ):
-        _check_readable(last, folder.name)
+        fix = "delete it to run the stage again from its start"
+        check_checkpoint_file(last, f"stages.{folder.name}", fix)  # damaged (e.g. killed while written)?
         return str(last)
     return None
-
-
-def _check_readable(checkpoint: Path, stage: str) -> None:
-    fix = "delete it to run the stage again from its start"
-    check_checkpoint_file(checkpoint, f"stages.{stage}", fix)
 
 
 def _start_afresh(folder: Path, fingerprint: str) -> tuple[Path, Path | None]:
