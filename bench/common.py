@@ -172,14 +172,3 @@ def trainer(
 
 def median(values) -> float:
     return statistics.median(values)
-
-
-def seconds(values) -> dict:
-    """Median and spread of a list of step times, in milliseconds."""
-    ms = sorted(v * 1000 for v in values)
-    return {
-        "median_ms": round(median(ms), 2),
-        "min_ms": round(ms[0], 2),
-        "max_ms": round(ms[-1], 2),
-        "n": len(ms),
-    }
