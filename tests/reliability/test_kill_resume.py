@@ -31,7 +31,8 @@ def _kill_at(dirs, root, step: int) -> None:
     process = subprocess.Popen(_command(dirs, root), env=ENV, **quiet)
     marker = root / "step"
     while process.poll() is None:
-        if marker.exists() and marker.read_text().isdigit() and int(marker.read_text()) >= step:
+        seen = marker.read_text() if marker.exists() else ""  # read once: the run rewrites it every step
+        if seen.isdigit() and int(seen) >= step:
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.002)
