@@ -1,7 +1,7 @@
 """The same work as the anchors: our MagnitudePruning vs Lightning's ModelPruning; structured vs unstructured.
 
 1. Pruning 50% of the student's encoder Linear weights (global L1 magnitude, once at the start) while
-   fine-tuning it (`TaskModule`, batch 32): training step time with `callbacks.MagnitudePruning` vs
+   fine-tuning it (`TaskModule`, batch 32): training step time with `compress.callbacks.MagnitudePruning` vs
    `lightning.pytorch.callbacks.ModelPruning` (``l1_unstructured``, global, applied in epoch 0 only,
    made permanent at the end), alternating rounds. Then resume: each run checkpoints after epoch 1 and
    a second `Trainer` resumes it for one more epoch; sparsity of those weights at the end.
@@ -23,7 +23,7 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelPruning
 
 from bench.common import Entry, StepTimes, copies, datamodule, median, teacher_and_student, trainer
-from callbacks import MagnitudePruning
+from compress.callbacks import MagnitudePruning
 from compress.modules import TaskModule
 from compress.sparsity.magnitude import magnitude_masks
 from compress.sparsity.structured import prune_structured

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar  # noqa: E402
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from compress.assets import resolve_model_source  # noqa: E402
-from compress.cli import PROGRESS_REFRESH  # noqa: E402  (what `compress fit` and the pipeline use)
+from compress.commands.lightning_cli import PROGRESS_REFRESH  # noqa: E402  (what `compress fit` and the pipeline use)
 from compress.data import TextClassificationDataModule  # noqa: E402
 from compress.modules.loading import load_classifier  # noqa: E402
 from compress.peft import StudentFromTeacher  # noqa: E402

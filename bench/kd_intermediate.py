@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from compress.pipeline.fit import run_fit_stage
+from compress.commands.pipeline.fit import run_fit_stage
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "examples" / "distill_intermediate.yaml"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from compress.pipeline.fit import run_fit_stage
+from compress.commands.pipeline.fit import run_fit_stage
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "examples"
 STUDENTS = (("student_kd", "distill_pretrained_init.yaml"), ("student_ce", "student_ce_pretrained_init.yaml"))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from bench.common import Entry, StepTimes, copies, datamodule, median, teacher_and_student, trainer
-from compress.cli import PROGRESS_REFRESH
+from compress.commands.lightning_cli import PROGRESS_REFRESH
 from compress.distill import KDLoss
 from compress.modules import DistillationModule, TaskModule
 from compress.modules.task import model_inputs

@@ -23,13 +23,13 @@ Example:
     >>> trainer = Trainer(callbacks=[ExactResume()])  # doctest: +SKIP
 """
 
-from callbacks.export_on_fit_end import ExportOnFitEnd
-from callbacks.gradual_unfreezing import GradualUnfreezing
-from callbacks.l1_sparsity import L1Sparsity
-from callbacks.magnitude_pruning import MagnitudePruning
-from callbacks.structured_pruning import StructuredPruning
-from compress.modules.finite import StopOnNonFiniteLoss
-from compress.modules.resume import ExactResume
+from .export_on_fit_end import ExportOnFitEnd
+from .gradual_unfreezing import GradualUnfreezing
+from .l1_sparsity import L1Sparsity
+from .magnitude_pruning import MagnitudePruning
+from .structured_pruning import StructuredPruning
+from .stop_on_non_finite_loss import StopOnNonFiniteLoss
+from .exact_resume import ExactResume
 
 __all__ = [
     "ExactResume",

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoTokenizer
 from typing_extensions import override
 
-from callbacks.network import trained_network
+from .network import trained_network
 from compress.export import export_hf, export_onnx
 from compress.export.folder import check_output
 

@@ -6,7 +6,7 @@ leaves nothing behind: no run folder, no stage folder, no export, and every file
 
 - ``compress pipeline --config``: the pipeline YAML, the settings of its fit stages, the data files;
 - ``Trainer.fit`` with our modules and datamodule: model pairs, data against models, ``ckpt_path``,
-  ``callbacks.ExportOnFitEnd``;
+  ``compress.callbacks.ExportOnFitEnd``;
 - ``compress export``: the export folder and the model it reads.
 """
 
@@ -19,12 +19,12 @@ import pytest
 import yaml
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from callbacks import ExportOnFitEnd
-from compress.cli import main
+from compress.callbacks import ExportOnFitEnd
+from compress.commands import main
 from compress.data import TextClassificationDataModule
 from compress.distill.intermediate import IntermediateDistillation
 from compress.modules import DistillationModule, TaskModule
-from tests.compress.pipeline.test_pipeline import crash_in
+from tests.compress.commands.pipeline.test_pipeline import crash_in
 from tests.conftest import quick_trainer, tiny_bert
 
 DROP = object()  # as a changed value: delete the key
@@ -103,7 +103,7 @@ def student(**init_args) -> dict:
 
 
 def export_on_fit_end(path: str) -> list:
-    return [{"class_path": "callbacks.ExportOnFitEnd", "init_args": {"path": path}}]
+    return [{"class_path": "compress.callbacks.ExportOnFitEnd", "init_args": {"path": path}}]
 
 
 FIT = "stages.teacher.fit"

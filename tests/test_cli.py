@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.cli import CompressCLI, main
-from compress.pipeline import load_pipeline
+from compress.commands import main
+from compress.commands.lightning_cli import CompressCLI
+from compress.commands.pipeline import load_pipeline
 
 ALL_CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
 PIPELINES = [p for p in ALL_CONFIGS if p.parent.name == "pipelines"]
@@ -86,7 +87,7 @@ def test_fit_and_test_from_yaml_on_a_tiny_teacher(tiny_teacher_dir, tiny_csv, tm
 def test_the_progress_bar_redraws_every_few_steps_unless_set_or_off(tiny_teacher_dir, tiny_csv, tmp_path):
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from compress.cli import PROGRESS_REFRESH
+    from compress.commands.lightning_cli import PROGRESS_REFRESH
 
     base = ["--config", "configs/tiny/distill.yaml", f"--model.init_args.teacher={tiny_teacher_dir}"]
     base += [f"--data.source={tiny_csv}", "--data.text_column=review", "--data.label_column=sentiment"]

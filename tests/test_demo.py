@@ -11,7 +11,7 @@ import pytest
 import yaml
 from transformers import pipeline
 
-from compress.pipeline import run_pipeline
+from compress.commands.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "pipelines" / "default.yaml"
@@ -25,7 +25,7 @@ def small(config: dict) -> dict:
             trainer = body["fit"].setdefault("trainer", {})
             trainer.update(max_steps=4, max_epochs=1, limit_val_batches=1, enable_progress_bar=False)
             for callback in trainer.get("callbacks", []):
-                if callback["class_path"] == "callbacks.StructuredPruning":
+                if callback["class_path"] == "compress.callbacks.StructuredPruning":
                     callback["init_args"].update(start_step=0, end_step=2, num_steps=2)
         if "multitask" in body:
             body["multitask"].update(

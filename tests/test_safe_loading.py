@@ -17,15 +17,16 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from callbacks.structured_pruning import StructuredPruning, load_pruned_checkpoint
-from compress.cli import main
+from compress.callbacks.structured_pruning import StructuredPruning, load_pruned_checkpoint
+from compress.commands import main
 from compress.data import TextClassificationDataModule
 from compress.export import export_hf
 from compress.export.report import Candidate, load_predict
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import MultiTaskAdapters, StudentFromTeacher
-from compress.pipeline.fit import run_fit_stage
-from compress.pipeline.stages import export_model, run_load
+from compress.commands.pipeline.fit import run_fit_stage
+from compress.commands.export import export_model
+from compress.commands.pipeline.stages import run_load
 from compress.safe_load import load_pretrained
 from tests.conftest import quick_trainer, tiny_bert
 

@@ -35,11 +35,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from compress.export.folder import atomic_output, check_output
+from compress.export.onnx_runtime import onnx_session, run_onnx
 from compress.export.prepare import (
     Batch,
     ExportResult,
@@ -49,6 +49,7 @@ from compress.export.prepare import (
     logits_of,
     max_abs_diff,
 )
+from compress.export.quantize import measure_onnx_int8, quantize_onnx_int8
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -116,8 +117,6 @@ def export_onnx(
         if verify:
             result.max_abs_diff = verify_onnx(staging / ONNX_FILE, ready, batch, tolerance)
         if int8:
-            from compress.export.quantize import measure_onnx_int8, quantize_onnx_int8
-
             quantize_onnx_int8(staging / ONNX_FILE, staging / INT8_FILE)
             result.extras = measure_onnx_int8(staging / ONNX_FILE, staging / INT8_FILE, batch)
     return result
@@ -192,24 +191,6 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def onnx_session(file: str | Path):
-    """An onnxruntime CPU session using as many threads as torch is set to."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(file_or_session, batch: Batch) -> np.ndarray:
-    """Logits from onnxruntime for a batch of torch tensors (only the graph's inputs are fed)."""
-    session = onnx_session(file_or_session) if isinstance(file_or_session, (str, Path)) else file_or_session
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {name: t.cpu().numpy() for name, t in batch.items() if name in wanted}
-    return session.run(["logits"], feeds)[0]
-
-
 def verify_onnx(file: str | Path, model: nn.Module, batch: Batch, tolerance: float = ONNX_TOLERANCE) -> float:
     """Compares onnxruntime's logits for ``file`` with ``model``'s on ``batch``.
 
@@ -223,3 +204,6 @@ def verify_onnx(file: str | Path, model: nn.Module, batch: Batch, tolerance: flo
             f"(tolerance {tolerance:.0e}) on a batch of shape {tuple(batch['input_ids'].shape)}"
         )
     return diff
+
+
+__all__ = ["export_onnx", "onnx_session", "run_onnx", "verify_onnx"]

@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from compress.export.onnx_runtime import run_onnx
 from compress.export.prepare import Batch, export_ready, max_abs_diff
 
 Backend = Literal["auto", "torch", "torchao"]
@@ -125,8 +126,6 @@ def quantize_onnx_int8(source: str | Path, target: str | Path, per_channel: bool
 
 def measure_onnx_int8(fp32_file: str | Path, int8_file: str | Path, batch: Batch) -> dict[str, float]:
     """Sizes of both files and the largest logit difference of int8 vs fp32 under onnxruntime."""
-    from compress.export.onnx import run_onnx
-
     fp32_bytes, int8_bytes = Path(fp32_file).stat().st_size, Path(int8_file).stat().st_size
     fp32, int8 = run_onnx(fp32_file, batch), run_onnx(int8_file, batch)
     diff = max_abs_diff(torch.from_numpy(fp32), torch.from_numpy(int8))

@@ -25,7 +25,7 @@ from compress.distill.multi_teacher import average_teacher_logits, normalized_we
 from compress.distill.teacher_cache import TeacherCache
 from compress.modules.cached_teacher import check_cached_logits, open_teacher_cache
 from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
-from compress.modules.finite import StopOnNonFiniteLoss
+from compress.callbacks import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
@@ -36,7 +36,7 @@ from compress.modules.loading import (
 )
 from compress.modules.metrics import classification_metrics, log_evaluation
 from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.modules.resume import ExactResume
+from compress.callbacks import ExactResume
 from compress.modules.task import model_inputs
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning

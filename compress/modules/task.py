@@ -19,7 +19,7 @@ from torch import Tensor
 
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
-from compress.modules.finite import StopOnNonFiniteLoss
+from compress.callbacks import StopOnNonFiniteLoss
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
@@ -29,7 +29,7 @@ from compress.modules.loading import (
 )
 from compress.modules.metrics import classification_metrics, log_evaluation
 from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.modules.resume import ExactResume
+from compress.callbacks import ExactResume
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 

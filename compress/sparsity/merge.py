@@ -4,7 +4,7 @@ peft's ``merge_and_unload()`` adds the dense update ``scale·B·A`` to the base 
 becomes dense again. Here the merge is peft's own (so LoRA variants and ``lora_bias`` are handled the
 same way) and the base layer's mask is re-applied to the merged weight. The mask is the base weight's
 non-zero pattern before the merge unless masks (keyed by the base weight's parameter name, as
-`callbacks.MagnitudePruning` stores them) are given.
+`compress.callbacks.MagnitudePruning` stores them) are given.
 
 Example:
     >>> import torch

@@ -34,7 +34,7 @@ from lightning.pytorch import Trainer, seed_everything
 from peft import LoraConfig
 from transformers import AutoModelForSequenceClassification
 
-from callbacks import L1Sparsity, MagnitudePruning
+from compress.callbacks import L1Sparsity, MagnitudePruning
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule
 from compress.peft import StudentFromTeacher

@@ -3,7 +3,7 @@ import torch
 from lightning.pytorch import Callback
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from callbacks import ExportOnFitEnd, MagnitudePruning
+from compress.callbacks import ExportOnFitEnd, MagnitudePruning
 from compress.data import TextClassificationDataModule
 from compress.modules import TaskModule
 from tests.conftest import quick_trainer, tiny_bert

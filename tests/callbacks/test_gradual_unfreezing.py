@@ -3,7 +3,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.gradual_unfreezing import GradualUnfreezing
+from compress.callbacks.gradual_unfreezing import GradualUnfreezing
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher
@@ -219,7 +219,7 @@ def test_bad_settings_are_refused(kwargs, message):
 )
 def test_schedulers_grow_with_the_new_groups(make):
     """Unit check of the scheduler growth (Lightning-free): the new group follows group 0 times lr_factor."""
-    from callbacks.gradual_unfreezing import _grow_scheduler
+    from compress.callbacks.gradual_unfreezing import _grow_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
     scheduler = make(optimizer)

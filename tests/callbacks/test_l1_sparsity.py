@@ -4,7 +4,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig
 
-from callbacks import L1Sparsity, MagnitudePruning
+from compress.callbacks import L1Sparsity, MagnitudePruning
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher

@@ -5,7 +5,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig
 from torch import nn
 
-from callbacks import MagnitudePruning
+from compress.callbacks import MagnitudePruning
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher

@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig
 from transformers import BertConfig, BertForSequenceClassification
 
-from callbacks.structured_pruning import StructuredPruning, load_pruned_checkpoint
+from compress.callbacks.structured_pruning import StructuredPruning, load_pruned_checkpoint
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher

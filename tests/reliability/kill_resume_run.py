@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig
 
-from callbacks import MagnitudePruning
+from compress.callbacks import MagnitudePruning
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule
 from compress.peft import StudentFromTeacher

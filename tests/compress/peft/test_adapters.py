@@ -119,7 +119,7 @@ def test_bottleneck_adapter_in_a_distillation_student_and_its_checkpoint(
 
 
 def test_adapter_from_yaml_parses(capsys):
-    from compress.cli import main
+    from compress.commands import main
 
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/examples/distill_lora.yaml", "--print_config"])

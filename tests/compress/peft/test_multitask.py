@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from compress.multitask import adapt_to_tasks
+from compress.commands.multitask import adapt_to_tasks
 from compress.peft.multitask import MultiTaskAdapters
 from tests.conftest import tiny_bert
 
@@ -116,7 +116,7 @@ def test_adapt_to_tasks_trains_saves_and_refuses_to_overwrite(tiny_csv, tokenize
 
 
 def test_multitask_config_parses(capsys):
-    from compress.cli import main
+    from compress.commands import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["multitask", "--config", "configs/multitask/three_tasks.yaml", "--print_config"])

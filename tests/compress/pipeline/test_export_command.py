@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from compress.cli import main
+from compress.commands import main
 
 
 def test_compress_export_writes_hf_and_onnx_and_refuses_to_overwrite(tiny_teacher_dir, tiny_csv, tmp_path):

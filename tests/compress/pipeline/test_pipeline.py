@@ -10,8 +10,8 @@ import yaml
 from lightning.pytorch import Callback
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-import compress.pipeline.fit as fit_stage
-from compress.pipeline import load_pipeline, run_pipeline
+import compress.commands.pipeline.fit as fit_stage
+from compress.commands.pipeline import load_pipeline, run_pipeline
 
 TINY = Path(__file__).resolve().parents[3] / "configs" / "pipelines" / "tiny.yaml"
 

@@ -24,7 +24,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from compress.cli import CompressCLI
+from compress.commands.lightning_cli import CompressCLI
 from compress.export import export_ready
 from compress.export.folder import atomic_output
 from compress.modules import DistillationModule

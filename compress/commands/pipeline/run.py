@@ -12,30 +12,39 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
-from compress.pipeline.config import Pipeline, Stage, load_pipeline
-from compress.pipeline.fit import check_fit_settings, read_manifest, run_fit_stage, write_manifest
-from compress.pipeline.stages import run_export, run_load, run_multitask, run_report
+from jsonargparse import ArgumentParser
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "pipelines" / "default.yaml"
+from compress.commands.pipeline.config import Pipeline, Stage, load_pipeline
+from compress.commands.pipeline.fit import check_fit_settings, read_manifest, run_fit_stage, write_manifest
+from compress.commands.pipeline.stages import run_export, run_load, run_multitask, run_report
 
 
 def main(argv: list[str] | None = None, prog: str = "compress pipeline") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default: %(default)s)")
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=None, help="pipeline YAML (default: the packaged default.yaml)")
     parser.add_argument("--output", default=None, help="run folder (default: the config's, or runs/<name>)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="overrides for every fit stage, e.g. --set data.max_train_examples=400 trainer.max_steps=10",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    run_pipeline(args.config, args.output, [f"--{kv}" for kv in args.set])
+    with default_pipeline() as default:
+        run_pipeline(args.config or default, args.output, [f"--{kv}" for kv in args.set])
+
+
+@contextmanager
+def default_pipeline() -> Iterator[Path]:
+    """The packaged ``configs/pipelines/default.yaml`` as a file path (also from an installed wheel)."""
+    with resources.as_file(resources.files("compress.configs") / "pipelines" / "default.yaml") as path:
+        yield path
 
 
 def run_pipeline(

@@ -1,18 +1,12 @@
-"""The ``compress`` command: LightningCLI subcommands (fit, validate, test, predict), ``pipeline`` (``demo``),
-``multitask``, ``export``.
+"""``compress fit | validate | test | predict``: LightningCLI over any LightningModule and the text data.
 
 Example:
     compress fit --config configs/examples/finetune_teacher.yaml
     compress fit --config configs/examples/distill.yaml --print_config
-    compress demo                      # = compress pipeline --config configs/pipelines/default.yaml
-    compress pipeline --config configs/pipelines/tiny.yaml
-    compress multitask --config configs/multitask/three_tasks.yaml
-    compress export --model runs/default/stages/pruned/model --output runs/my_export --int8 true
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -61,27 +55,3 @@ class CompressCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         parser.set_defaults(weights_only=True)
         return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
-    if args and args[0] in ("pipeline", "demo"):
-        from compress.pipeline.run import main as pipeline_main
-
-        pipeline_main(args[1:], prog=f"compress {args[0]}")
-        return
-    if args and args[0] == "export":
-        from compress.pipeline.stages import main as export_main
-
-        export_main(args[1:])
-        return
-    if args and args[0] == "multitask":
-        from compress.multitask import main as multitask_main
-
-        multitask_main(args[1:])
-        return
-    CompressCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""The YAML configs, installed as package data (``importlib.resources.files("compress.configs")``)."""
