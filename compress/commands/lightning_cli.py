@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -30,28 +30,30 @@ class CompressCLI(LightningCLI):
         # The data knows the label count; every module's num_labels follows it.
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning reads --ckpt_path here first: a missing or damaged file fails with the setting's name.
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand is None:
+            return
+        settings = self.config[subcommand]
+        # --ckpt_path reads tensors and plain data only: Lightning's default (None) unpickles an http(s) URL,
+        # or any file under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD. `--weights_only false` opts in (trusted files).
+        if "weights_only" in settings and settings["weights_only"] is None:
+            settings["weights_only"] = True
+        # Lightning reads --ckpt_path right after this: a missing or damaged file fails naming the setting.
+        path = settings.get("ckpt_path")
         if path and "://" not in str(path):
             fix = "pass the .ckpt of an earlier run of this config, or leave --ckpt_path out to start afresh"
             check_checkpoint_file(path, "ckpt_path", fix)
-        super()._parse_ckpt_path()
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Lightning's default progress bar redraws at every step; every PROGRESS_REFRESH steps is as
         # informative and leaves the step time alone (bench/overhead.py). A progress bar of your own wins.
-        given = [*(config.get("callbacks") or []), *callbacks]
-        if config.get("enable_progress_bar") is not False and not any(
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = {**config.get("trainer", {}), **kwargs}
+        given = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in given
         ):
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH)]
-        return super()._instantiate_trainer(config, callbacks)
-
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        # --ckpt_path reads tensors and plain data only: Lightning's default (None) unpickles an http(s) URL,
-        # or any file under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD. `--weights_only false` opts in (trusted files).
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        parser.set_defaults(weights_only=True)
-        return parser
+            kwargs["callbacks"] = [*given, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH)]
+        return super().instantiate_trainer(**kwargs)
