@@ -86,6 +86,19 @@ def tiny_teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
     return str(folder)
 
 
+DEMO_TEACHER = "runs/default/stages/teacher/model"  # where the docs' examples find the demo's teacher
+
+
+@pytest.fixture(scope="session")
+def demo_folders(tmp_path_factory, tokenizer_dir):
+    """A folder holding the demo's teacher path, with a tiny random 6-layer 2-label classifier and the real
+    tokenizer: examples written for the demo's folders run on it in seconds."""
+    root = tmp_path_factory.mktemp("demo")
+    tiny_bert(num_labels=2, layers=6).save_pretrained(root / DEMO_TEACHER)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / DEMO_TEACHER)
+    return root
+
+
 WORDS = {
     "positive": "great wonderful superb delightful brilliant moving",
     "negative": "awful boring dull terrible clumsy tedious",
