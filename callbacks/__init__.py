@@ -1,6 +1,7 @@
 """Lightning callbacks that drop into any Trainer, around any LightningModule.
 
-They import `compress`, never the reverse. Available now:
+Installed as ``compress.callbacks``. They import the library, never `compress.modules` or the commands.
+Available now:
 
 - `GradualUnfreezing`: ULMFiT-style gradual unfreezing, one more layer from the top every few epochs,
   resumable (param groups and scheduler rebuilt before the optimizer state is restored).
@@ -19,8 +20,10 @@ They import `compress`, never the reverse. Available now:
 
 Example:
     >>> from lightning.pytorch import Trainer
-    >>> from callbacks import ExactResume
-    >>> trainer = Trainer(callbacks=[ExactResume()])  # doctest: +SKIP
+    >>> from compress.callbacks import MagnitudePruning, StopOnNonFiniteLoss
+    >>> trainer = Trainer(callbacks=[MagnitudePruning(target_sparsity=0.5), StopOnNonFiniteLoss()], logger=False)
+    >>> [type(c).__name__ for c in trainer.callbacks][:2]
+    ['MagnitudePruning', 'StopOnNonFiniteLoss']
 """
 
 from .export_on_fit_end import ExportOnFitEnd

@@ -2,7 +2,7 @@
 
 Example:
     >>> from lightning.pytorch import Trainer
-    >>> from callbacks.gradual_unfreezing import GradualUnfreezing
+    >>> from compress.callbacks.gradual_unfreezing import GradualUnfreezing
     >>> trainer = Trainer(max_epochs=4, callbacks=[GradualUnfreezing(epochs_per_layer=1)])
 """
 
@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 
-from compress.peft.freezing import count_trainable, is_embedding
+from compress.peft.freezers import count_trainable, is_embedding
 from compress.peft.student import layer_container
 
 EMBEDDINGS = "embeddings"  # the label of the embeddings' stage

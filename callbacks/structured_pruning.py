@@ -2,18 +2,20 @@
 
 Example:
     >>> from lightning.pytorch import Trainer
-    >>> from callbacks.structured_pruning import StructuredPruning
+    >>> from compress.callbacks.structured_pruning import StructuredPruning
     >>> pruning = StructuredPruning(head_ratio=0.5, ffn_ratio=0.5, at_step=100)
     >>> trainer = Trainer(max_steps=300, callbacks=[pruning])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -54,10 +56,13 @@ class StructuredPruning(Callback):
 
     Resume (``fit(ckpt_path=...)``): the state holds the model's history of removals. Lightning loads the
     LightningModule's weights before any callback state (``_restore_modules_and_callbacks``: restore_model,
-    then restore_callbacks), so ``setup`` wraps the module's ``on_load_checkpoint``, which runs just before
-    the weights load, to replay the history on the fresh model (`restore_history`); ``validate``/``test``
-    with ``ckpt_path`` work the same way. For ``load_from_checkpoint`` use `load_pruned_checkpoint`. DDP is
-    refused: its gradient buckets cannot follow parameters that change shape mid-run.
+    then restore_callbacks), and ``trainer.ckpt_path`` is only set once it reads the file (after ``setup``).
+    So ``setup`` puts a `CheckpointIO` in front of the strategy's own for the run: every checkpoint Lightning
+    reads passes through it, and the history is replayed on the fresh model (`restore_history`) before the
+    module's ``on_load_checkpoint`` and its weights see the file; ``teardown`` takes it out again.
+    ``validate``/``test`` with ``ckpt_path`` work the same way. For ``load_from_checkpoint`` use
+    `load_pruned_checkpoint`. DDP is refused: its gradient buckets cannot follow parameters that change shape
+    mid-run.
 
     Args:
         head_ratio: fraction of the attention heads removed, in [0, 1).
@@ -125,7 +130,7 @@ class StructuredPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._start(trainer, pl_module)
-        self._restore_before_weights(pl_module)  # also for validate/test/predict(ckpt_path=...)
+        self._restore_on_read(trainer, pl_module)  # also for validate/test/predict(ckpt_path=...)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Checks before any training step; a resumed run then gets history and rounds from the checkpoint."""
@@ -149,8 +154,7 @@ class StructuredPruning(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if getattr(pl_module.__dict__.get("on_load_checkpoint"), "_structured_pruning", None) is self:
-            del pl_module.on_load_checkpoint  # the module's own hook again
+        trainer.strategy.checkpoint_io = _ReplayingCheckpointIO.without(trainer.strategy.checkpoint_io, self)
 
     @override
     def on_train_batch_start(
@@ -184,20 +188,16 @@ class StructuredPruning(Callback):
             "parameters"
         )
 
-    def _restore_before_weights(self, pl_module: pl.LightningModule) -> None:
-        """Makes the module's ``on_load_checkpoint`` (called before its weights load) rebuild the shapes."""
-        own_hook = pl_module.on_load_checkpoint
-        if getattr(own_hook, "_structured_pruning", None) is self:
-            return
+    def _restore_on_read(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Checkpoints the trainer reads from now on rebuild the shapes of ``pl_module`` as they arrive."""
 
-        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        def restore(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state is not None:
                 restore_history(self._model(pl_module), state["history"])
-            own_hook(checkpoint)
 
-        on_load_checkpoint._structured_pruning = self  # so teardown removes only its own wrapper
-        pl_module.on_load_checkpoint = on_load_checkpoint
+        io = _ReplayingCheckpointIO.without(trainer.strategy.checkpoint_io, self)  # never stacked twice
+        trainer.strategy.checkpoint_io = _ReplayingCheckpointIO(io, self, restore)
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
         try:
@@ -215,23 +215,26 @@ def load_pruned_checkpoint(
 ) -> pl.LightningModule:
     """``module_class.load_from_checkpoint(checkpoint_path, **kwargs)`` for a run `StructuredPruning` pruned.
 
-    The plain call builds the unpruned model and fails with size mismatches. This replays the history stored
-    in the checkpoint's callback state on the freshly built model before its weights load. The file is read
-    with ``weights_only=True`` (tensors and plain data, as our checkpoints hold); ``weights_only=False``
-    unpickles anything, for a trusted file only.
+    The plain call builds the unpruned model and fails with size mismatches. This builds ``module_class``
+    from the checkpoint's hyper-parameters (``kwargs`` on top), replays the pruning history stored in the
+    checkpoint's callback state, then loads the weights. The file is read with ``weights_only=True``
+    (tensors and plain data, as our checkpoints hold); ``weights_only=False`` unpickles anything, for a
+    trusted file only.
 
     Example:
         >>> from compress.modules import TaskModule
-        >>> model = load_pruned_checkpoint(TaskModule, "runs/pruned/last.ckpt")  # doctest: +SKIP
+        >>> model = load_pruned_checkpoint(TaskModule, "runs/pruned/last.ckpt", model="runs/pruned/student")
+        >>> structure_of(model.model).channels
+        [32, 32]
     """
-
-    class Replaying(module_class):  # Lightning calls on_load_checkpoint between __init__ and load_state_dict
-        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            restore_history(find_prunable_model(self, module), checkpoint_history(checkpoint))
-            super().on_load_checkpoint(checkpoint)
-
-    loaded = Replaying.load_from_checkpoint(checkpoint_path, weights_only=weights_only, **kwargs)
-    loaded.__class__ = module_class  # the same object layout; callers get the class they asked for
+    map_location = kwargs.pop("map_location", "cpu")
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=weights_only)
+    saved = checkpoint.get(module_class.CHECKPOINT_HYPER_PARAMS_KEY, {})
+    hparams = {k: v for k, v in saved.items() if not k.startswith("_")}  # not LightningCLI's own keys
+    loaded = module_class(**{**hparams, **kwargs})
+    restore_history(find_prunable_model(loaded, module), checkpoint_history(checkpoint))
+    loaded.on_load_checkpoint(checkpoint)
+    loaded.load_state_dict(checkpoint["state_dict"])
     return loaded
 
 
@@ -244,6 +247,44 @@ def checkpoint_history(checkpoint: Mapping[str, Any]) -> list[dict]:
             "without it the pruned shapes cannot be rebuilt"
         )
     return states[0]["history"]
+
+
+class _ReplayingCheckpointIO(CheckpointIO):
+    """The strategy's checkpoint IO, plus: each checkpoint it reads goes to ``restore`` first, before
+    Lightning hands it to the module's hooks and weights. Saving and removing are the wrapped IO's."""
+
+    def __init__(
+        self, inner: CheckpointIO, owner: StructuredPruning, restore: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.inner, self.owner, self.restore = inner, owner, restore
+
+    @staticmethod
+    def without(io: CheckpointIO, owner: StructuredPruning) -> CheckpointIO:
+        """``io`` with the wrapper of ``owner`` taken out, wherever it is in a chain of wrappers."""
+        if not isinstance(io, _ReplayingCheckpointIO):
+            return io
+        if io.owner is owner:
+            return io.inner
+        io.inner = _ReplayingCheckpointIO.without(io.inner, owner)
+        return io
+
+    @override
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        checkpoint = self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        self.restore(checkpoint)
+        return checkpoint
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
+
+    @override
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    @override
+    def teardown(self) -> None:
+        self.inner.teardown()
 
 
 def _schedule(

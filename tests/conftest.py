@@ -87,15 +87,30 @@ def tiny_teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
 
 
 DEMO_TEACHER = "runs/default/stages/teacher/model"  # where the docs' examples find the demo's teacher
+PRUNED_RUN = "runs/pruned"  # and a StructuredPruning run: last.ckpt, and student/ (the model before pruning)
 
 
 @pytest.fixture(scope="session")
-def demo_folders(tmp_path_factory, tokenizer_dir):
-    """A folder holding the demo's teacher path, with a tiny random 6-layer 2-label classifier and the real
-    tokenizer: examples written for the demo's folders run on it in seconds."""
+def demo_folders(tmp_path_factory, tokenizer_dir, tiny_csv):
+    """Folders the docs' examples name, on tiny random models so that they run in seconds: the demo's
+    teacher (6 layers, 2 labels, the real tokenizer) and a run whose FFN channels StructuredPruning halved."""
+    from compress.callbacks import StructuredPruning
+
+    from compress.data import TextClassificationDataModule
+    from compress.modules import TaskModule
+
     root = tmp_path_factory.mktemp("demo")
     tiny_bert(num_labels=2, layers=6).save_pretrained(root / DEMO_TEACHER)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / DEMO_TEACHER)
+    student = root / PRUNED_RUN / "student"
+    tiny_bert(num_labels=3, layers=2).save_pretrained(student)
+    data = TextClassificationDataModule(
+        tiny_csv, tokenizer_dir, text_column="review", label_column="sentiment", test_size=12, val_size=12
+    )
+    pruning = StructuredPruning(ffn_ratio=0.5, at_step=0)
+    trainer = quick_trainer(root / PRUNED_RUN, steps=1, callbacks=[pruning], limit_val_batches=0)
+    trainer.fit(TaskModule(str(student), num_labels=3), datamodule=data)
+    trainer.save_checkpoint(root / PRUNED_RUN / "last.ckpt")
     return root
 
 

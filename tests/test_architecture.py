@@ -14,7 +14,9 @@ SOURCES = {"compress": ROOT / "compress", "compress.callbacks": ROOT / "callback
 # layer -> the layers it must not import. "lightning" is the lightning package itself.
 PLAIN = ("compress.distill", "compress.peft", "compress.sparsity", "compress.export")
 FORBIDDEN = {
-    **{layer: ("compress.modules", "compress.commands", "compress.callbacks", "lightning") for layer in PLAIN},
+    **{
+        layer: ("compress.modules", "compress.commands", "compress.callbacks", "lightning") for layer in PLAIN
+    },
     "compress.data": ("compress.modules", "compress.commands", "compress.callbacks"),
     "compress.callbacks": ("compress.modules", "compress.commands"),
     "compress.modules": ("compress.commands",),
@@ -121,3 +123,15 @@ def test_callbacks_import_each_other_relatively():
         tree = ast.parse(path.read_text())
         absolute = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
         assert not [n.module for n in absolute if n.module and n.module.split(".")[0] == "callbacks"], path
+
+
+def test_every_package_is_in_the_explicit_package_list():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in module_files().items() if path.name == "__init__.py"} | {
+        "compress.configs"
+    }
+    assert found == listed, (
+        f"pyproject.toml [tool.setuptools] packages: add {found - listed}, drop {listed - found}"
+    )

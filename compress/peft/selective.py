@@ -18,13 +18,9 @@ from typing import Literal
 
 from torch import nn
 
-from compress.peft.freezing import (
-    SubnetworkMask,
-    add_layerdrop,
-    train_attention_only,
-    train_bias_only,
-    train_only_layers,
-)
+from compress.peft.freezers import train_attention_only, train_bias_only, train_only_layers
+from compress.peft.layerdrop import add_layerdrop
+from compress.peft.subnetwork import SubnetworkMask
 
 
 @dataclass

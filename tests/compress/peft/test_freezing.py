@@ -5,17 +5,9 @@ import torch
 from peft import LoraConfig
 
 from compress.peft.adapters import attach_adapter
-from compress.peft.freezing import (
-    LayerDrop,
-    SubnetworkMask,
-    add_layerdrop,
-    count_trainable,
-    has_layerdrop,
-    remove_layerdrop,
-    train_attention_only,
-    train_bias_only,
-    train_only_layers,
-)
+from compress.peft.freezers import count_trainable, train_attention_only, train_bias_only, train_only_layers
+from compress.peft.layerdrop import LayerDrop, add_layerdrop, has_layerdrop, remove_layerdrop
+from compress.peft.subnetwork import SubnetworkMask
 from tests.conftest import tiny_bert
 
 HEAD = {"classifier.weight", "classifier.bias"}

@@ -5,7 +5,7 @@ from lightning.pytorch import Trainer
 from compress.data import TextClassificationDataModule
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import StudentFromTeacher
-from compress.peft.freezing import has_layerdrop
+from compress.peft.layerdrop import has_layerdrop
 from compress.peft.selective import SelectiveTuning
 from tests.conftest import quick_trainer, tiny_bert
 
