@@ -45,7 +45,7 @@ from torch.nn import functional as F  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from compress.assets import resolve_model_source  # noqa: E402
-from compress.datasources import load_source  # noqa: E402
+from compress.data.sources import load_source  # noqa: E402
 from compress.peft import StudentFromTeacher  # noqa: E402
 from compress.peft.adapters import attach_adapter  # noqa: E402
 from compress.peft.bottleneck import BottleneckConfig, bottleneck_adapters  # noqa: E402

@@ -7,7 +7,8 @@ How each number is measured:
 
 - Variants, each a fresh copy of the fine-tuned teacher (``make demo`` writes it): ``dense`` as saved, no
   further training; ``unstructured 50%``: global magnitude masks over the encoder's Linear weights
-  (`compress.callbacks.MagnitudePruning`, all of it at step 0, masks re-applied after every step of the recovery);
+  (`compress.callbacks.MagnitudePruning`, all of it at step 0, masks re-applied after every step of the
+  recovery);
   ``structured r`` for r = 30/50/70%: `prune_structured(head_ratio=r, ffn_ratio=r)` with its default
   magnitude importance (L2 norm of each head's / channel's weight group), uniform per layer, counts rounded
   down (of 12 heads: 3, 6, 8 go; of 1536 FFN channels: 460, 768, 1075). ``--extras`` adds two rows: dense

@@ -21,18 +21,19 @@ Available now:
 Example:
     >>> from lightning.pytorch import Trainer
     >>> from compress.callbacks import MagnitudePruning, StopOnNonFiniteLoss
-    >>> trainer = Trainer(callbacks=[MagnitudePruning(target_sparsity=0.5), StopOnNonFiniteLoss()], logger=False)
+    >>> callbacks = [MagnitudePruning(target_sparsity=0.5), StopOnNonFiniteLoss()]
+    >>> trainer = Trainer(callbacks=callbacks, logger=False)
     >>> [type(c).__name__ for c in trainer.callbacks][:2]
     ['MagnitudePruning', 'StopOnNonFiniteLoss']
 """
 
+from .exact_resume import ExactResume
 from .export_on_fit_end import ExportOnFitEnd
 from .gradual_unfreezing import GradualUnfreezing
 from .l1_sparsity import L1Sparsity
 from .magnitude_pruning import MagnitudePruning
-from .structured_pruning import StructuredPruning
 from .stop_on_non_finite_loss import StopOnNonFiniteLoss
-from .exact_resume import ExactResume
+from .structured_pruning import StructuredPruning
 
 __all__ = [
     "ExactResume",

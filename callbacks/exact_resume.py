@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 
 from compress.data import EpochShuffle
+
+from .lightning_internals import batches_done_in_epoch, restart_train_iterator
 
 
 class ExactResume(Callback):
@@ -61,9 +63,8 @@ def _set_rng(state: dict[str, Any]) -> None:
 
 def _continue_mid_epoch(trainer: Trainer) -> bool:
     """Restart the training data at the first unseen row of a resumed, unfinished epoch."""
-    loop = trainer.fit_loop
-    done = loop.epoch_loop.batch_progress.current.processed  # batches trained on in this epoch
-    loader = loop._combined_loader.flattened[0] if loop._combined_loader is not None else None
+    done = batches_done_in_epoch(trainer)
+    loader = _first_train_loader(trainer)
     if loader is None or not 0 < done < len(loader):
         return False
     sampler = getattr(loader, "sampler", None)
@@ -75,5 +76,13 @@ def _continue_mid_epoch(trainer: Trainer) -> bool:
         return False
     sampler.set_epoch(trainer.current_epoch)
     sampler.resume(trainer.current_epoch, done * loader.batch_size)
-    iter(loop._data_fetcher)  # Lightning built the iterator before the checkpoint was loaded
+    restart_train_iterator(trainer)  # Lightning built the iterator before the checkpoint was loaded
     return True
+
+
+def _first_train_loader(trainer: Trainer) -> Any:
+    """The first training DataLoader (of a collection, in Lightning's order), as Lightning prepared it."""
+    loaders = trainer.train_dataloader
+    if loaders is None:
+        return None
+    return CombinedLoader(loaders).flattened[0]  # flattening only: this CombinedLoader is never iterated

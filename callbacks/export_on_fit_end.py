@@ -10,9 +10,10 @@ from torch import nn
 from transformers import AutoTokenizer
 from typing_extensions import override
 
-from .network import trained_network
 from compress.export import export_hf, export_onnx
 from compress.export.folder import check_output
+
+from .network import trained_network
 
 
 class ExportOnFitEnd(Callback):

@@ -11,10 +11,11 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from .network import trained_network
 from compress.sparsity import l1
 from compress.sparsity.groups import channel_groups
 from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, describe_targets, select_targets
+
+from .network import trained_network
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 

@@ -95,7 +95,6 @@ def demo_folders(tmp_path_factory, tokenizer_dir, tiny_csv):
     """Folders the docs' examples name, on tiny random models so that they run in seconds: the demo's
     teacher (6 layers, 2 labels, the real tokenizer) and a run whose FFN channels StructuredPruning halved."""
     from compress.callbacks import StructuredPruning
-
     from compress.data import TextClassificationDataModule
     from compress.modules import TaskModule
 

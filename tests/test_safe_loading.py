@@ -19,14 +19,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.callbacks.structured_pruning import StructuredPruning, load_pruned_checkpoint
 from compress.commands import main
+from compress.commands.export import export_model
+from compress.commands.pipeline.fit import run_fit_stage
+from compress.commands.pipeline.stages import run_load
 from compress.data import TextClassificationDataModule
 from compress.export import export_hf
 from compress.export.report import Candidate, load_predict
 from compress.modules import DistillationModule, TaskModule
 from compress.peft import MultiTaskAdapters, StudentFromTeacher
-from compress.commands.pipeline.fit import run_fit_stage
-from compress.commands.export import export_model
-from compress.commands.pipeline.stages import run_load
 from compress.safe_load import load_pretrained
 from tests.conftest import quick_trainer, tiny_bert
 

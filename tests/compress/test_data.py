@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compress.data import UNLABELLED, EpochShuffle, TextClassificationDataModule, fingerprint_rows, split_rows
-from compress.datasources import load_source
+from compress.data.sources import load_source
 
 
 def labels_of(ds) -> list[int]:

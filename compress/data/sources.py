@@ -6,7 +6,7 @@ Anything else goes to `datasets.load_dataset`: a local ``.csv``/``.json``/``.jso
 builder name with ``data_files``, or a hub name when online.
 
 Example:
-    >>> from compress.datasources import load_source
+    >>> from compress.data.sources import load_source
     >>> ds = load_source("rotten_tomatoes")
     >>> ds.features["label"].names, len(ds)
     (['rotten', 'fresh'], 12808)
