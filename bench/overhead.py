@@ -40,7 +40,7 @@ def lora_config() -> LoraConfig:
 
 
 def optimizer_and_schedule(model: torch.nn.Module, steps: int, lr: float):
-    """What `adamw_with_warmup` builds, written out."""
+    """What the modules' default optimizer and schedule (`compress.modules.optim.Optimization`) build."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for _, p in named if p.ndim > 1], "weight_decay": 0.01},

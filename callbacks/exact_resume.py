@@ -28,7 +28,9 @@ class ExactResume(Callback):
 
     Example:
         >>> from lightning.pytorch import Trainer
-        >>> trainer = Trainer(callbacks=[ExactResume()])  # doctest: +SKIP
+        >>> trainer = Trainer(callbacks=[ExactResume()], logger=False)
+        >>> trainer.callbacks[0].state_key
+        'RNGState'
     """
 
     def __init__(self) -> None:

@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {"compress": ROOT / "compress", "compress.callbacks": ROOT / "callbacks"}
 
 # layer -> the layers it must not import. "lightning" is the lightning package itself.
-PLAIN = ("compress.distill", "compress.peft", "compress.sparsity", "compress.export")
+PLAIN = (
+    "compress.distill", "compress.peft", "compress.sparsity", "compress.export",
+    "compress.stored", "compress.assets", "compress.safe_load",
+)  # fmt: skip
 FORBIDDEN = {
     **{
         layer: ("compress.modules", "compress.commands", "compress.callbacks", "lightning") for layer in PLAIN

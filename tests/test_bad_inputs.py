@@ -24,7 +24,7 @@ from compress.commands import main
 from compress.data import TextClassificationDataModule
 from compress.distill.intermediate import IntermediateDistillation
 from compress.modules import DistillationModule, TaskModule
-from tests.compress.commands.pipeline.test_pipeline import crash_in
+from tests.compress.pipeline.test_pipeline import crash_in
 from tests.conftest import quick_trainer, tiny_bert
 
 DROP = object()  # as a changed value: delete the key

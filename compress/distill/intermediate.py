@@ -76,6 +76,15 @@ class IntermediateDistillation:
             )
         return IntermediateLoss(self, layer_map, student_width, teacher_width)
 
+    def build_for(self, student: nn.Module, teacher: nn.Module) -> IntermediateLoss:
+        """`build` for two Hugging Face models; both switch to eager attention when maps are matched."""
+        s, t = student.config, teacher.config
+        matching = self.build(s.num_hidden_layers, t.num_hidden_layers, s.hidden_size, t.hidden_size)
+        if matching.needs_attentions:  # sdpa kernels do not return attention maps
+            for model in (student, teacher):
+                model.set_attn_implementation("eager")
+        return matching
+
 
 class IntermediateLoss(nn.Module):
     """Hidden-state and attention matching for mapped layers; holds the learned width projections."""

@@ -29,7 +29,7 @@ class KDLoss(nn.Module):
     Rows labelled -100 (or all rows when ``labels`` is None) are unlabelled: they enter the soft term
     only. The hard term is the mean cross-entropy over labelled rows (0 when a batch has none). Sequence
     outputs ``(B, L, V)`` are flattened to their valid positions ``(N, V)`` first, using
-    ``attention_mask`` (padding excluded) when given.
+    ``attention_mask`` (padding excluded) when given. It meets `DistillationLoss`: ``hard_weight`` is α.
 
     Args:
         alpha: weight of the hard-label term, in [0, 1]; 0 is pure distillation, 1 plain fine-tuning.
@@ -43,6 +43,11 @@ class KDLoss(nn.Module):
         if not temperature > 0:
             raise ValueError(f"KDLoss.temperature: {temperature!r} must be > 0 (typical values 1-8)")
         self.alpha, self.temperature = float(alpha), float(temperature)
+
+    @property
+    def hard_weight(self) -> float:
+        """α, the weight of the hard-label term (`DistillationLoss`)."""
+        return self.alpha
 
     def forward(
         self,

@@ -1,5 +1,10 @@
-"""Checks between a model and its data (run in ``setup``) or a checkpoint (when it loads), so bad pairs
-fail before the first step."""
+"""Checks between a model and its data (run in ``setup``), its teacher, or a checkpoint (when it loads), so
+bad pairs fail before the first step. A check raises or returns; it never changes what it checks.
+
+Example:
+    >>> from compress.modules.checks import check_num_labels
+    >>> check_num_labels(3)  # fine: returns None
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from torch import Tensor, nn
 def check_model_matches_data(
     model: nn.Module, datamodule, field: str, tokenizer_attr: str = "tokenizer"
 ) -> None:
-    """At least two classes; label count, a teacher's label names and vocabulary agree; the model's config
-    learns the data's label names."""
+    """At least two classes; label count, a teacher's label names, vocabulary and positions agree.
+
+    Changes nothing: `name_labels` gives the model the data's label names.
+    """
     if datamodule is None or not hasattr(datamodule, "num_labels"):
         return
     if datamodule.num_labels < 2:
@@ -45,8 +52,6 @@ def check_model_matches_data(
             f"data.max_length: {datamodule.hparams.max_length} exceeds the {positions} positions of {field}; "
             f"set data.max_length <= {positions}"
         )
-    config.id2label = dict(enumerate(datamodule.label_names))
-    config.label2id = {name: i for i, name in config.id2label.items()}
 
 
 def check_num_labels(num_labels: int | None) -> None:
@@ -56,6 +61,36 @@ def check_num_labels(num_labels: int | None) -> None:
             f"model.num_labels: {num_labels}; a classifier needs at least 2 classes (the CLI takes the count "
             "from the data: check that data.label_column is the label column and that the data holds every "
             "class)"
+        )
+
+
+def check_teacher_student(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
+    """Teacher, student and data (``num_labels``) have the same label count."""
+    check_num_labels(num_labels)
+    t, s = teacher.config.num_labels, student.config.num_labels
+    if t != s:
+        raise ValueError(
+            f"model.student: the student has {s} labels, the teacher {t}; they must agree "
+            "(build the student from the teacher, or load one with the teacher's label set)"
+        )
+    if num_labels is not None and num_labels != t:
+        raise ValueError(
+            f"model.num_labels: the data has {num_labels} labels but the teacher {t}; use a "
+            "teacher fine-tuned on this data"
+        )
+
+
+def check_distillation_settings(teachers: int, intermediate, teacher_cache) -> None:
+    """Layer matching takes one teacher, and the teacher at every step (no cache)."""
+    if intermediate is not None and teachers > 1:
+        raise ValueError(
+            "model.intermediate: layer matching takes a single teacher; drop `intermediate` "
+            "or give one teacher"
+        )
+    if teacher_cache is not None and intermediate is not None:
+        raise ValueError(
+            "model.teacher_cache: intermediate distillation needs the teacher's hidden states at every "
+            "step; drop teacher_cache or intermediate"
         )
 
 

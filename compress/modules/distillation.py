@@ -1,11 +1,13 @@
-"""`DistillationModule`: a frozen teacher teaches a student through a KD loss.
+"""`DistillationModule`: a frozen teacher teaches a student through a distillation loss.
 
 Example:
     >>> from compress.distill import KDLoss
     >>> from compress.modules import DistillationModule
     >>> from compress.peft import StudentFromTeacher
     >>> module = DistillationModule(teacher="runs/default/stages/teacher/model",
-    ...     student=StudentFromTeacher(layers=[0, 2, 4]), loss=KDLoss())  # doctest: +SKIP
+    ...     student=StudentFromTeacher(layers=[0, 2, 4]), loss=KDLoss(alpha=0.5, temperature=2.0))
+    >>> module.student.config.num_hidden_layers, module.hparams.loss["init_args"]  # as checkpoints store it
+    (3, {'alpha': 0.5, 'temperature': 2.0})
 """
 
 from __future__ import annotations
@@ -15,38 +17,48 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftConfig
 from torch import Tensor, nn
 
-from compress.data import EXAMPLE_ID, TEACHER_PREFIX
-from compress.distill.intermediate import IntermediateDistillation, IntermediateLoss
+from compress.data import TEACHER_PREFIX
+from compress.distill.intermediate import IntermediateDistillation
 from compress.distill.losses import IGNORE_INDEX, KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
+from compress.distill.protocol import DistillationLoss, check_loss, reweight_hard
 from compress.distill.teacher_cache import TeacherCache
-from compress.modules.cached_teacher import check_cached_logits, open_teacher_cache
-from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
-from compress.callbacks import StopOnNonFiniteLoss
+from compress.modules.checks import (
+    check_checkpoint_matches,
+    check_distillation_settings,
+    check_model_matches_data,
+    check_teacher_student,
+)
+from compress.modules.evaluation import ClassifierEvaluation
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
     load_classifier,
     load_teachers,
+    name_labels,
     prepare_for_training,
     storable_args,
 )
-from compress.modules.metrics import classification_metrics, log_evaluation
-from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.callbacks import ExactResume
+from compress.modules.metrics import classification_metrics
+from compress.modules.optim import Optimization
 from compress.modules.task import model_inputs
+from compress.modules.teacher_logits import TrainingTeacherLogits
+from compress.peft.adapters import AdapterConfig
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
+from compress.stored import from_stored
 
 TEACHER_KEY = "teachers."
 
 
 class DistillationModule(L.LightningModule):
-    """Trains ``student`` on ``loss(student_logits, teacher_logits, labels)`` with a frozen ``teacher``.
+    """Trains ``student`` on ``loss.components(student_logits, teacher_logits, labels)`` with a frozen
+    ``teacher``.
 
     The teacher stays in eval mode without gradients, is left out of the optimizer and, unless
     ``save_teacher`` is set, of checkpoints (it is reloaded from its source). Validation reports the
@@ -57,7 +69,8 @@ class DistillationModule(L.LightningModule):
             their soft targets are averaged in probability space at the loss's temperature.
         student: a folder/alias/module, or a `StudentFromTeacher` recipe (default: half of the teacher's
             layers, spread uniformly).
-        loss: the distillation loss (default ``KDLoss(alpha=0.5, temperature=2.0)``).
+        loss: any `DistillationLoss` (default ``KDLoss(alpha=0.5, temperature=2.0)``); its parts are
+            logged as ``train/<name>``.
         num_labels: the data's label count (linked by the CLI); checked against teacher and student.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
@@ -73,13 +86,16 @@ class DistillationModule(L.LightningModule):
         teacher_cache: compute the teacher's logits once per training row before training, keep them
             on disk (keyed by teacher, data and settings) and read them at every step instead of running
             the teacher: see `TeacherCache`. Needs deterministic inputs; not with ``intermediate``.
+        optimizer: your own optimizer instead of AdamW, e.g. ``torch.optim.SGD`` as a YAML ``class_path``
+            (see `Optimization`); not stored in checkpoints.
+        lr_scheduler: your own schedule instead of ``lr_schedule``, stepped every optimizer step.
     """
 
     def __init__(
         self,
         teacher: str | nn.Module | list[str | nn.Module],
         student: ModelSource | None = None,
-        loss: KDLoss | None = None,
+        loss: DistillationLoss | None = None,
         num_labels: int | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
@@ -91,50 +107,42 @@ class DistillationModule(L.LightningModule):
         intermediate: IntermediateDistillation | None = None,
         teacher_weights: list[float] | None = None,
         teacher_cache: TeacherCache | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        check_optimization(learning_rate, weight_decay, warmup_ratio)
-        self.save_hyperparameters(ignore=["teacher", "student", "loss"])
-        self.hparams.update(
-            storable_args(
-                teacher=teacher,
-                student=student,
-                loss=loss,
-                adapter=adapter,
-                intermediate=intermediate,
-                tuning=tuning,
-                teacher_cache=teacher_cache,
-            )
+        self.optimization = Optimization(
+            learning_rate, weight_decay, warmup_ratio, lr_schedule, optimizer, lr_scheduler
         )
+        self.save_hyperparameters(ignore=["teacher", "student", "loss", "optimizer", "lr_scheduler"])
+        settings = {  # stored forms come from a checkpoint's hyper-parameters
+            "student": from_stored(student, StudentFromTeacher, "model.student"),
+            "loss": from_stored(loss, DistillationLoss, "model.loss"),
+            "adapter": from_stored(adapter, AdapterConfig, "model.adapter"),
+            "tuning": from_stored(tuning, SelectiveTuning, "model.tuning"),
+            "intermediate": from_stored(intermediate, IntermediateDistillation, "model.intermediate"),
+            "teacher_cache": from_stored(teacher_cache, TeacherCache, "model.teacher_cache"),
+        }
+        self.hparams.update(storable_args(teacher=teacher, **settings))
         self.teachers = load_teachers(teacher)
         self.teacher_weights = normalized_weights(teacher_weights, len(self.teachers))
         depth = self.teacher.config.num_hidden_layers
-        recipe = student if student is not None else StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
+        recipe = settings["student"]
+        if recipe is None:
+            recipe = StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
         student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
-        self.student = prepare_for_training(student_model, adapter, tuning)
-        self.loss = KDLoss(**loss) if isinstance(loss, dict) else loss if loss is not None else KDLoss()
+        self.student = prepare_for_training(student_model, settings["adapter"], settings["tuning"])
+        self.loss = check_loss(settings["loss"] if settings["loss"] is not None else KDLoss())
         for t in self.teachers:
-            _check_pair(t, self.student, num_labels)
-        if intermediate is not None and len(self.teachers) > 1:
-            raise ValueError(
-                "model.intermediate: layer matching takes a single teacher; drop `intermediate` "
-                "or give one teacher"
-            )
-        if teacher_cache is not None and intermediate is not None:
-            raise ValueError(
-                "model.teacher_cache: intermediate distillation needs the teacher's hidden states at every "
-                "step; drop teacher_cache or intermediate"
-            )
-        self.intermediate = _build_intermediate(intermediate, self.student, self.teacher)
+            check_teacher_student(t, self.student, num_labels)
+        check_distillation_settings(len(self.teachers), intermediate, teacher_cache)
+        matching = settings["intermediate"]
+        self.intermediate = matching.build_for(self.student, self.teacher) if matching is not None else None
         labels = self.student.config.num_labels
-        self.val_metrics = classification_metrics(labels, "val/")
-        self.test_metrics = classification_metrics(labels, "test/")
+        self.evaluation = ClassifierEvaluation(labels)
         self.teacher_metrics = classification_metrics(labels, "val/teacher_")
         self._teacher_evaluated = False
-        self.cache_settings = (
-            TeacherCache(**teacher_cache) if isinstance(teacher_cache, dict) else teacher_cache
-        )
-        self._cache, self._check_cache = None, False
+        self.training_teacher_logits = TrainingTeacherLogits(settings["teacher_cache"])
 
     @property
     def teacher(self) -> nn.Module:
@@ -159,6 +167,7 @@ class DistillationModule(L.LightningModule):
             check_model_matches_data(
                 t, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
             )
+        name_labels(self.student, datamodule)
         if stage == "fit":
             self.print(
                 f"DistillationModule: student {count_parameters(self.student, True):,} trainable of "
@@ -172,11 +181,10 @@ class DistillationModule(L.LightningModule):
                 f"model.teacher: {len(trainable)} teacher parameters require grad (e.g. {trainable[0]}); "
                 "the teacher must stay frozen: do not unfreeze it after building the module"
             )
-        if self.cache_settings is not None:
-            self._cache = open_teacher_cache(self.cache_settings, self, self.trainer)
+        self.training_teacher_logits.open(self, self.trainer)
 
     def on_train_epoch_start(self) -> None:
-        self._check_cache = self._cache is not None and self.cache_settings.verify
+        self.training_teacher_logits.start_epoch()
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.student(**model_inputs(batch)).logits
@@ -185,63 +193,55 @@ class DistillationModule(L.LightningModule):
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
         """The teacher's logits, or the teachers' mixture at the loss's temperature."""
         logits = [self._teacher_outputs(batch, t).logits for t in self.teachers]
-        return average_teacher_logits(logits, self.teacher_weights, getattr(self.loss, "temperature", 1.0))
+        return average_teacher_logits(logits, self.teacher_weights, self.loss.temperature)
 
     @torch.no_grad()
     def _teacher_outputs(self, batch: dict[str, Tensor], teacher: nn.Module, **flags):
         prefix = TEACHER_PREFIX if TEACHER_PREFIX + "input_ids" in batch else ""
         return teacher(**model_inputs(batch, prefix), **flags)
 
-    def _training_teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
-        if self._cache is None:
-            return self.teacher_logits(batch)
-        cached = self._cache.lookup(batch[EXAMPLE_ID]).to(self.device, non_blocking=True)
-        if self._check_cache:  # once per epoch: the cache must still be what the teacher says
-            self._check_cache = False
-            with torch.autocast(self.device.type, enabled=False):
-                check_cached_logits(cached, self.teacher_logits(batch), self.cache_settings.top_k)
-        return cached
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        matched = None
-        if self.intermediate is None:
-            student_logits, teacher_logits = self(batch), self._training_teacher_logits(batch)
-        else:
-            flags = {"output_hidden_states": True, "output_attentions": self.intermediate.needs_attentions}
-            student = self.student(**model_inputs(batch), **flags)
-            teacher = self._teacher_outputs(batch, self.teacher, **flags)
-            student_logits, teacher_logits = student.logits, teacher.logits
-            matched = self.intermediate(
-                student.hidden_states,
-                teacher.hidden_states,
-                batch.get("attention_mask"),
-                student.attentions,
-                teacher.attentions,
-            )
-        parts = self.loss.components(student_logits, teacher_logits, batch["labels"])
-        parts = self._hard_over_all_ranks(parts, batch["labels"])
-        logged = {"train/hard": parts["hard"], "train/soft": parts["soft"]}
+        labels, mask = batch["labels"], batch.get("attention_mask")
+        student_logits, teacher_logits, matched = self._training_logits(batch)
+        # the mask is for token-level losses; (B, C) logits ignore it
+        parts = self.loss.components(student_logits, teacher_logits, labels, attention_mask=mask)
+        parts = self._hard_over_all_ranks(parts, labels)
         if matched is not None:
             parts["loss"] = parts["loss"] + matched["loss"]
-            logged.update({"train/hidden": matched["hidden"], "train/attention": matched["attention"]})
-        size = len(batch["labels"])
+            parts.update(hidden=matched["hidden"], attention=matched["attention"])
+        size = len(labels)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
-        self.log_dict(logged, batch_size=size)
+        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=size)
         return parts["loss"]
+
+    def _training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
+        """Student and teacher logits, and the intermediate-matching terms when layers are matched."""
+        if self.intermediate is None:
+            return self(batch), self.training_teacher_logits(self, batch), None
+        flags = {"output_hidden_states": True, "output_attentions": self.intermediate.needs_attentions}
+        student = self.student(**model_inputs(batch), **flags)
+        teacher = self._teacher_outputs(batch, self.teacher, **flags)
+        matched = self.intermediate(
+            student.hidden_states,
+            teacher.hidden_states,
+            batch.get("attention_mask"),
+            student.attentions,
+            teacher.attentions,
+        )
+        return student.logits, teacher.logits, matched
 
     def _hard_over_all_ranks(self, parts: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """Under DDP, weight each rank's hard term (a mean over its own labelled rows) so that the averaged
         gradient is that of the mean over all ranks' labelled rows (one process, the global batch)."""
         world = self.trainer.world_size
-        if world == 1 or not getattr(self.loss, "alpha", 0):
-            return parts
+        if world == 1 or not self.loss.hard_weight:
+            return dict(parts)
         local = (labels != IGNORE_INDEX).sum()
         total = self.trainer.strategy.reduce(local.float(), reduce_op="sum")
-        hard = parts["hard"] * (local * world / total.clamp(min=1))
-        return {**parts, "loss": parts["loss"] + self.loss.alpha * (hard - parts["hard"]), "hard": hard}
+        return reweight_hard(parts, self.loss.hard_weight, local * world / total.clamp(min=1))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        log_evaluation(self, self(batch), batch["labels"], self.val_metrics, "val/loss")
+        self.evaluation.validation_step(self, batch)
         if not self._teacher_evaluated and not self.trainer.sanity_checking:
             self.teacher_metrics.update(self.teacher_logits(batch), batch["labels"])
 
@@ -252,25 +252,17 @@ class DistillationModule(L.LightningModule):
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        log_evaluation(self, self(batch), batch["labels"], self.test_metrics, "test/loss")
+        self.evaluation.test_step(self, batch)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self(batch).argmax(-1)
+        return self.evaluation.predict_step(self, batch)
 
     def configure_callbacks(self) -> list:
-        return [ExactResume(), StopOnNonFiniteLoss()]
+        return self.evaluation.callbacks()
 
     def configure_optimizers(self):
-        h = self.hparams
         extra = self.intermediate.named_parameters() if self.intermediate is not None else ()
-        return adamw_with_warmup(
-            self,
-            chain(self.student.named_parameters(), extra),
-            h.learning_rate,
-            h.weight_decay,
-            h.warmup_ratio,
-            decay=h.lr_schedule == "linear",
-        )
+        return self.optimization.configure(self, chain(self.student.named_parameters(), extra))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not self.hparams.save_teacher:
@@ -284,30 +276,3 @@ class DistillationModule(L.LightningModule):
             state.update({TEACHER_KEY + k: v for k, v in self.teachers.state_dict().items()})
         if self._trainer is not None and self.strict_loading:  # fit/validate/test(ckpt_path=...)
             check_checkpoint_matches(self, state)
-
-
-def _check_pair(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
-    check_num_labels(num_labels)
-    t, s = teacher.config.num_labels, student.config.num_labels
-    if t != s:
-        raise ValueError(
-            f"model.student: the student has {s} labels, the teacher {t}; they must agree "
-            "(build the student from the teacher, or load one with the teacher's label set)"
-        )
-    if num_labels is not None and num_labels != t:
-        raise ValueError(
-            f"model.num_labels: the data has {num_labels} labels but the teacher {t}; use a "
-            "teacher fine-tuned on this data"
-        )
-
-
-def _build_intermediate(settings, student: nn.Module, teacher: nn.Module) -> IntermediateLoss | None:
-    if settings is None:
-        return None
-    settings = IntermediateDistillation(**settings) if isinstance(settings, dict) else settings
-    s, t = student.config, teacher.config
-    matching = settings.build(s.num_hidden_layers, t.num_hidden_layers, s.hidden_size, t.hidden_size)
-    if matching.needs_attentions:  # sdpa kernels do not return attention maps
-        for model in (student, teacher):
-            model.set_attn_implementation("eager")
-    return matching

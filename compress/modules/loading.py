@@ -1,8 +1,21 @@
-"""Turning a model source (folder, alias, module, or student recipe) into a sequence classifier."""
+"""Turning a model source (folder, alias, module, or student recipe) into a sequence classifier ready to
+train on the data, and the module's init arguments into what a checkpoint stores.
+
+Example:
+    >>> from compress.modules.loading import load_classifier, storable_args
+    >>> from compress.peft import StudentFromTeacher
+    >>> teacher = load_classifier("runs/default/stages/teacher/model", num_labels=2, field="model.model")
+    >>> recipe = StudentFromTeacher(layers=[0, 5])
+    >>> load_classifier(recipe, 2, "model.student", teacher).config.num_hidden_layers
+    2
+    >>> stored = storable_args(student=recipe, teacher=teacher)  # a module with weights is left out
+    >>> list(stored), stored["student"]["init_args"]["layers"]
+    (['student'], [0, 5])
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
+from itertools import chain
 from typing import Any
 
 from peft import PeftConfig
@@ -10,10 +23,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from compress.assets import resolve_model_source
-from compress.peft.adapters import attach_adapter, peft_config_to_dict
+from compress.peft.adapters import AdapterConfig, attach_adapter, peft_config_to_dict
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
 from compress.safe_load import load_pretrained
+from compress.stored import to_stored
 
 ModelSource = str | nn.Module | StudentFromTeacher
 
@@ -22,8 +36,6 @@ def load_classifier(
     source: ModelSource, num_labels: int | None, field: str, teacher: PreTrainedModel | None = None
 ) -> nn.Module:
     """A sequence-classification model from ``source``; ``field`` names the setting in errors."""
-    if isinstance(source, dict):  # a recipe as stored in a checkpoint's hyper-parameters
-        source = StudentFromTeacher(**source)
     if isinstance(source, nn.Module):
         return source
     if isinstance(source, StudentFromTeacher):
@@ -68,15 +80,25 @@ def load_teachers(source: str | nn.Module | list[str | nn.Module]) -> nn.ModuleL
     return nn.ModuleList(freeze(load_teacher(src, field)) for src, field in zip(sources, fields, strict=True))
 
 
-def prepare_for_training(model: nn.Module, adapter=None, tuning=None) -> nn.Module:
+def prepare_for_training(
+    model: nn.Module, adapter: AdapterConfig | None = None, tuning: SelectiveTuning | None = None
+) -> nn.Module:
     """Train mode (from_pretrained returns eval mode and Lightning keeps module modes, so dropout would be
-    off), then the adapter, then selective tuning; configs may come as stored dicts."""
+    off), then the adapter, then selective tuning."""
     model = model.train()
     if adapter is not None:
         model = attach_adapter(model, adapter)
     if tuning is not None:
-        (SelectiveTuning(**tuning) if isinstance(tuning, dict) else tuning).apply(model)
+        tuning.apply(model)
     return model
+
+
+def name_labels(model: nn.Module, datamodule) -> None:
+    """The model's config learns the data's label names, so saved models and exports carry them."""
+    if datamodule is None or not hasattr(datamodule, "label_names"):
+        return
+    model.config.id2label = dict(enumerate(datamodule.label_names))
+    model.config.label2id = {name: i for i, name in model.config.id2label.items()}
 
 
 def resolve_source(source: str, field: str) -> str:
@@ -104,23 +126,31 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 def storable_args(**args: Any) -> dict[str, Any]:
-    """Init arguments in a form that checkpoints store and ``torch.load(weights_only=True)`` reads back.
+    """Init arguments as checkpoints store them: plain data, which ``torch.load(weights_only=True)`` reads.
 
-    Recipes become dicts; modules other than a plain `KDLoss` are left out (pass them again to
-    ``load_from_checkpoint``).
+    Settings objects and modules without weights (a loss) become ``{"class_path", "init_args"}`` dicts
+    (`compress.stored`), which the modules rebuild; modules with weights (a teacher or student given as a
+    module) and objects whose init arguments are not plain data are left out: pass them again to
+    ``load_from_checkpoint``.
     """
-    from compress.distill.losses import KDLoss
-
     stored = {}
     for name, value in args.items():
-        if isinstance(value, PeftConfig):
-            stored[name] = peft_config_to_dict(value)
-        elif is_dataclass(value) and not isinstance(value, type):  # recipes and settings
-            stored[name] = asdict(value)
-        elif type(value) is KDLoss:
-            stored[name] = {"alpha": value.alpha, "temperature": value.temperature}
-        elif isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value):
-            continue  # a list of modules: pass it again to load_from_checkpoint
-        elif not isinstance(value, nn.Module):
+        if _is_plain(value):
             stored[name] = value
+        elif isinstance(value, PeftConfig):
+            stored[name] = peft_config_to_dict(value)
+        elif not _has_weights(value) and (kept := to_stored(value)) is not None:
+            stored[name] = kept
     return stored
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _has_weights(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_weights(v) for v in value)
+    return isinstance(value, nn.Module) and next(chain(value.parameters(), value.buffers()), None) is not None

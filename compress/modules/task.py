@@ -4,9 +4,15 @@ Example:
     >>> from lightning.pytorch import Trainer
     >>> from compress.data import TextClassificationDataModule
     >>> from compress.modules import TaskModule
-    >>> data = TextClassificationDataModule("rotten_tomatoes", max_train_examples=64, max_eval_examples=32)
-    >>> trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    >>> trainer.fit(TaskModule("minilm-l6", num_labels=data.num_labels), datamodule=data)  # doctest: +SKIP
+    >>> data = TextClassificationDataModule("rotten_tomatoes", max_train_examples=64, max_eval_examples=32,
+    ...     max_length=32)
+    >>> trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    ...     enable_model_summary=False, limit_val_batches=1)
+    >>> module = TaskModule("runs/default/stages/teacher/model", num_labels=data.num_labels)
+    >>> trainer.fit(module, datamodule=data)
+    TaskModule: ... trainable of ... parameters
+    >>> trainer.global_step, module.model.config.id2label  # the data's label names, for the saved model
+    (2, {0: 'rotten', 1: 'fresh'})
 """
 
 from __future__ import annotations
@@ -14,24 +20,27 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as L
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftConfig
 from torch import Tensor
 
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
-from compress.callbacks import StopOnNonFiniteLoss
+from compress.modules.evaluation import ClassifierEvaluation
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
     load_classifier,
+    name_labels,
     prepare_for_training,
     storable_args,
 )
-from compress.modules.metrics import classification_metrics, log_evaluation
-from compress.modules.optim import adamw_with_warmup, check_optimization
-from compress.callbacks import ExactResume
+from compress.modules.optim import Optimization
+from compress.peft.adapters import AdapterConfig
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
+from compress.peft.student import StudentFromTeacher
+from compress.stored import from_stored
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -55,6 +64,9 @@ class TaskModule(L.LightningModule):
         adapter: a peft config (``peft.LoraConfig(r=8)``, DoRA, IA3, prefix or prompt tuning) or a
             `BottleneckConfig` (Houlsby/Pfeiffer): only the adapter and the classifier head train.
         tuning: which weights train (layer-wise, attention-only, BitFit, subnetwork) and LayerDrop.
+        optimizer: your own optimizer instead of AdamW, e.g. ``torch.optim.SGD`` as a YAML ``class_path``
+            (see `Optimization`); not stored in checkpoints.
+        lr_scheduler: your own schedule instead of ``lr_schedule``, stepped every optimizer step.
     """
 
     def __init__(
@@ -67,19 +79,26 @@ class TaskModule(L.LightningModule):
         lr_schedule: Literal["linear", "constant"] = "linear",
         adapter: PeftConfig | BottleneckConfig | None = None,
         tuning: SelectiveTuning | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        check_optimization(learning_rate, weight_decay, warmup_ratio)
+        self.optimization = Optimization(
+            learning_rate, weight_decay, warmup_ratio, lr_schedule, optimizer, lr_scheduler
+        )
         check_num_labels(num_labels)
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        model = from_stored(model, StudentFromTeacher, "model.model")  # stored forms: from a checkpoint
+        adapter = from_stored(adapter, AdapterConfig, "model.adapter")
+        tuning = from_stored(tuning, SelectiveTuning, "model.tuning")
         self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
         self.model = prepare_for_training(load_classifier(model, num_labels, "model.model"), adapter, tuning)
-        labels = self.model.config.num_labels
-        self.val_metrics = classification_metrics(labels, "val/")
-        self.test_metrics = classification_metrics(labels, "test/")
+        self.evaluation = ClassifierEvaluation(self.model.config.num_labels)
 
     def setup(self, stage: str) -> None:
-        check_model_matches_data(self.model, getattr(self.trainer, "datamodule", None), "model")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check_model_matches_data(self.model, datamodule, "model")
+        name_labels(self.model, datamodule)
         if stage == "fit":
             total, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
             self.print(f"TaskModule: {trainable:,} trainable of {total:,} parameters")
@@ -97,24 +116,16 @@ class TaskModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        log_evaluation(self, self(batch), batch["labels"], self.val_metrics, "val/loss")
+        self.evaluation.validation_step(self, batch)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        log_evaluation(self, self(batch), batch["labels"], self.test_metrics, "test/loss")
+        self.evaluation.test_step(self, batch)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self(batch).argmax(-1)
+        return self.evaluation.predict_step(self, batch)
 
     def configure_callbacks(self) -> list:
-        return [ExactResume(), StopOnNonFiniteLoss()]
+        return self.evaluation.callbacks()
 
     def configure_optimizers(self):
-        h = self.hparams
-        return adamw_with_warmup(
-            self,
-            self.model.named_parameters(),
-            h.learning_rate,
-            h.weight_decay,
-            h.warmup_ratio,
-            decay=h.lr_schedule == "linear",
-        )
+        return self.optimization.configure(self, self.model.named_parameters())

@@ -1,4 +1,13 @@
-"""Opening (building once) and checking the teacher-output cache of a `DistillationModule` run."""
+"""Where a `DistillationModule` run reads the teacher's training logits: the frozen teachers, or the
+`TeacherCache` store built (once) for the run and checked against the teacher once per epoch.
+
+Example:
+    >>> from compress.distill import TeacherCache
+    >>> from compress.modules.teacher_logits import TrainingTeacherLogits
+    >>> source = TrainingTeacherLogits(TeacherCache(top_k=5))  # opened by DistillationModule.on_fit_start
+    >>> source.settings.top_k, source.cached
+    (5, False)
+"""
 
 from __future__ import annotations
 
@@ -22,6 +31,44 @@ from compress.distill.teacher_cache import (
 NEEDED = ("cache_dataloader", "train_fingerprint")
 
 
+class TrainingTeacherLogits:
+    """The teacher logits of training batches: ``module.teacher_logits(batch)``, or the run's cache.
+
+    Args:
+        settings: the cache settings, or None to run the teachers at every step.
+    """
+
+    def __init__(self, settings: TeacherCache | None) -> None:
+        self.settings = settings
+        self._cache: CachedLogits | None = None
+        self._verify_next = False
+
+    @property
+    def cached(self) -> bool:
+        """Whether training batches read the cache (after `open`)."""
+        return self._cache is not None
+
+    def open(self, module: L.LightningModule, trainer: L.Trainer) -> None:
+        """At fit start: build or reuse the cache of this teacher and data (nothing without settings)."""
+        if self.settings is not None:
+            self._cache = open_teacher_cache(self.settings, module, trainer)
+
+    def start_epoch(self) -> None:
+        """Arms the check of the epoch's first cached batch against the teacher."""
+        self._verify_next = self.cached and self.settings.verify
+
+    def __call__(self, module: L.LightningModule, batch: dict[str, Tensor]) -> Tensor:
+        """The teacher logits of the training ``batch`` of ``module``."""
+        if self._cache is None:
+            return module.teacher_logits(batch)
+        cached = self._cache.lookup(batch[EXAMPLE_ID]).to(module.device, non_blocking=True)
+        if self._verify_next:  # once per epoch: the cache must still be what the teacher says
+            self._verify_next = False
+            with torch.autocast(module.device.type, enabled=False):
+                check_cached_logits(cached, module.teacher_logits(batch), self.settings.top_k)
+        return cached
+
+
 def open_teacher_cache(settings: TeacherCache, module: L.LightningModule, trainer: L.Trainer) -> CachedLogits:
     """The cache for this teacher and training data: reused when its fingerprint exists, else built.
 
@@ -32,7 +79,7 @@ def open_teacher_cache(settings: TeacherCache, module: L.LightningModule, traine
     key = cache_key(
         teachers=[fingerprint_model(t) for t in module.teachers],
         weights=module.teacher_weights,
-        temperature=getattr(module.loss, "temperature", 1.0) if len(module.teachers) > 1 else None,
+        temperature=module.loss.temperature if len(module.teachers) > 1 else None,
         data=datamodule.train_fingerprint(),
         top_k=settings.top_k,
     )
