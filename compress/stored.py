@@ -9,8 +9,10 @@ Example:
     >>> from compress.distill import KDLoss
     >>> from compress.stored import from_stored, to_stored
     >>> stored = to_stored(KDLoss(alpha=0.3))
-    >>> stored
-    {'class_path': 'compress.distill.losses.KDLoss', 'init_args': {'alpha': 0.3, 'temperature': 2.0}}
+    >>> stored["class_path"]
+    'compress.distill.losses.KDLoss'
+    >>> stored["init_args"]
+    {'alpha': 0.3, 'temperature': 2.0, 'divergence': 'forward_kl', 'beta': 0.5}
     >>> from_stored(stored, KDLoss, "model.loss").alpha
     0.3
 """

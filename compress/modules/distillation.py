@@ -7,7 +7,7 @@ Example:
     >>> module = DistillationModule(teacher="runs/default/stages/teacher/model",
     ...     student=StudentFromTeacher(layers=[0, 2, 4]), loss=KDLoss(alpha=0.5, temperature=2.0))
     >>> module.student.config.num_hidden_layers, module.hparams.loss["init_args"]  # as checkpoints store it
-    (3, {'alpha': 0.5, 'temperature': 2.0})
+    (3, {'alpha': 0.5, 'temperature': 2.0, 'divergence': 'forward_kl', 'beta': 0.5})
 """
 
 from __future__ import annotations
