@@ -29,8 +29,8 @@ from compress.commands.pipeline.stages import run_export, run_load, run_multitas
 
 def main(argv: list[str] | None = None, prog: str = "compress pipeline") -> None:
     parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=None, help="pipeline YAML (default: the packaged default.yaml)")
-    parser.add_argument("--output", default=None, help="run folder (default: the config's, or runs/<name>)")
+    parser.add_argument("--config", default=None, help="pipeline YAML; null: the packaged default.yaml")
+    parser.add_argument("--output", default=None, help="run folder; null: the config's, else runs/<name>")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="overrides for every fit stage, e.g. --set data.max_train_examples=400 trainer.max_steps=10",
