@@ -1,0 +1,100 @@
+"""Chunked against naive KD loss at LLM sizes: the loss's own peak memory and its step time.
+
+``python bench/chunked_loss.py [--tokens 2048] [--vocab 49152] [--hidden 576] [--chunk 256] [--rounds 3]``
+
+One step is the KD loss (KDLoss defaults: forward KL, T=2, alpha=0.5) and its backward to the student's
+final hidden states and output embedding (SmolLM2-135M's sizes by default), from teacher logits given as
+input. ``naive`` computes the whole ``tokens x vocab`` student logits (``hidden @ weight.T``) and
+`KDLoss`; ``chunked`` is `compress.distill.chunked.chunked_kd_loss`. Each variant runs in a fresh process
+(peak RSS is a process-lifetime maximum), alternating round by round; a run reports its peak RSS above
+the RSS it had once its inputs existed (the loss's own working memory) and the median of 3 timed steps
+after one warm-up step. Prints each round and the ratios chunked / naive (median, min, max over rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int) -> dict:
+    import torch
+
+    from compress.distill import KDLoss
+    from compress.distill.chunked import chunked_kd_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(tokens, hidden_size, requires_grad=True)
+    weight = (torch.randn(vocab, hidden_size) * 0.02).requires_grad_()
+    teacher = torch.randn(tokens, vocab)
+    labels = torch.randint(0, vocab, (tokens,))
+    loss = KDLoss()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+    def step():
+        if variant == "naive":
+            value = loss(hidden @ weight.T, teacher, labels)
+        else:
+            value = chunked_kd_loss(hidden, weight, teacher, labels, loss, chunk_size=chunk)["loss"]
+        value.backward()
+        hidden.grad = weight.grad = None
+
+    step()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"variant": variant, "seconds": statistics.median(times), "peak_mb": (peak - base) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--hidden", type=int, default=576)
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: one variant
+    args = parser.parse_args()
+    sizes = (args.tokens, args.vocab, args.hidden, args.chunk)
+    if args.one:
+        print(json.dumps(one_run(args.one, *sizes)))
+        return
+    runs: dict[str, list[dict]] = {"naive": [], "chunked": []}
+    for round_number in range(args.rounds):
+        order = ("naive", "chunked") if round_number % 2 == 0 else ("chunked", "naive")
+        for variant in order:
+            child = [sys.executable, __file__, "--one", variant, *_flags(args)]
+            result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+            runs[variant].append(result)
+            print(
+                f"round {round_number + 1} {variant:8s} {result['seconds']:.3f} s  {result['peak_mb']:.0f} MB"
+            )
+    for measure, unit in (("peak_mb", "MB"), ("seconds", "s")):
+        ratios = [c[measure] / n[measure] for c, n in zip(runs["chunked"], runs["naive"], strict=True)]
+        naive = statistics.median(r[measure] for r in runs["naive"])
+        chunked = statistics.median(r[measure] for r in runs["chunked"])
+        print(
+            f"{measure}: chunked / naive = {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
+            f"{max(ratios):.3f}); medians {chunked:.3f} / {naive:.3f} {unit}"
+        )
+
+
+def _flags(args) -> list[str]:
+    return [
+        f"--tokens={args.tokens}",
+        f"--vocab={args.vocab}",
+        f"--hidden={args.hidden}",
+        f"--chunk={args.chunk}",
+    ]
+
+
+if __name__ == "__main__":
+    main()
