@@ -19,8 +19,8 @@ from compress.export.folder import atomic_output, check_output
 from compress.modules.loading import count_parameters, load_teacher, resolve_source
 
 
-def main(argv: list[str] | None = None) -> None:
-    auto_cli(export_model, args=argv, as_positional=False)
+def main(argv: list[str] | None = None, prog: str = "compress export") -> None:
+    auto_cli(export_model, args=argv, as_positional=False, prog=prog)
 
 
 def export_model(

@@ -13,10 +13,9 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from importlib import import_module
 
-# command -> (module whose main(argv) runs it, one line of help)
+# command -> (module whose main(argv, prog) runs it, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("compress.commands.pipeline.run", "run a pipeline YAML: stages reused, resumed or rerun"),
     "demo": ("compress.commands.pipeline.run", "the default pipeline (real teacher and data, CPU)"),
@@ -29,18 +28,13 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in COMMANDS:
-        _command_main(args[0])(args[1:])
+        import_module(COMMANDS[args[0]][0]).main(args[1:], prog=f"compress {args[0]}")
     elif args and args[0] in ("-h", "--help"):
         print(usage())
     else:
         from compress.commands.lightning_cli import CompressCLI
 
         CompressCLI(args=args)
-
-
-def _command_main(name: str) -> Callable[..., None]:
-    run = import_module(COMMANDS[name][0]).main
-    return (lambda argv: run(argv, prog=f"compress {name}")) if name in ("pipeline", "demo") else run
 
 
 def usage() -> str:

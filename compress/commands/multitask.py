@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from jsonargparse import auto_cli
 from lightning.pytorch import Trainer, seed_everything
 from peft import PeftConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -116,7 +117,5 @@ def _table(results: list[dict], base_bytes: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
-
-    auto_cli(adapt_to_tasks, args=argv)
+def main(argv: list[str] | None = None, prog: str = "compress multitask") -> None:
+    auto_cli(adapt_to_tasks, args=argv, prog=prog)

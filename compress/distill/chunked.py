@@ -24,11 +24,10 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from compress.distill.divergences import at_least_fp32, soft_divergence
-from compress.distill.losses import IGNORE_INDEX, KDLoss
+from compress.distill.divergences import soft_divergence
+from compress.distill.losses import IGNORE_INDEX, KDLoss, hard_ce
 
 
 def chunked_kd_loss(
@@ -93,7 +92,8 @@ class _ChunkedKD(torch.autograd.Function):
                     logits, teacher_logits[start:end], loss.temperature, loss.divergence, loss.beta
                 )
                 soft = soft * (end - start) / max(rows, 1)  # batchmean over the chunk -> share of all rows
-                hard = _hard_sum(logits, None if labels is None else labels[start:end]) / max(labelled, 1)
+                chunk_labels = None if labels is None else labels[start:end]
+                hard = hard_ce(logits, chunk_labels, reduction="sum") / max(labelled, 1)
                 part = loss.alpha * hard + (1.0 - loss.alpha) * soft
             wanted = [t for t in (chunk, weight_leaf) if t.requires_grad]
             if wanted:
@@ -115,10 +115,3 @@ class _ChunkedKD(torch.autograd.Function):
         grad_hidden = next(saved) * grad_total if ctx.has[0] else None
         grad_weight = next(saved) * grad_total if ctx.has[1] else None
         return grad_hidden, grad_weight, None, None, None, None
-
-
-def _hard_sum(logits: Tensor, labels: Tensor | None) -> Tensor:
-    """Summed cross-entropy over labelled rows (0, with a graph, when there are none)."""
-    if labels is None or not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(at_least_fp32(logits), labels, ignore_index=IGNORE_INDEX, reduction="sum")

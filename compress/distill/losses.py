@@ -97,11 +97,14 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return soft_divergence(student_logits, teacher_logits, temperature, "forward_kl")
 
 
-def hard_ce(student_logits: Tensor, labels: Tensor | None) -> Tensor:
-    """Mean cross-entropy over labelled rows; exactly 0 (with a graph) when there are none."""
+def hard_ce(student_logits: Tensor, labels: Tensor | None, reduction: str = "mean") -> Tensor:
+    """Cross-entropy over labelled rows, their mean (or ``reduction="sum"``); exactly 0 (with a graph) when
+    there are none."""
     if labels is None or not bool((labels != IGNORE_INDEX).any()):
         return student_logits.sum() * 0.0
-    return F.cross_entropy(at_least_fp32(student_logits), labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        at_least_fp32(student_logits), labels, ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 def _flatten(student: Tensor, teacher: Tensor, labels: Tensor | None, mask: Tensor | None):
