@@ -26,7 +26,7 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 from compress.assets import resolve_model_source  # noqa: E402
 from compress.commands.lightning_cli import PROGRESS_REFRESH  # noqa: E402  (what `compress fit` and the pipeline use)
 from compress.data import TextClassificationDataModule  # noqa: E402
-from compress.modules.loading import load_classifier  # noqa: E402
+from compress.modules.loading import load_model  # noqa: E402
 from compress.peft import StudentFromTeacher  # noqa: E402
 from compress.safe_load import load_pretrained  # noqa: E402
 
@@ -115,7 +115,7 @@ def teacher_and_student(num_labels: int = 2, seed: int = 0):
         "bench.teacher",
         num_labels=num_labels,
     ).eval()
-    student = load_classifier(StudentFromTeacher(layers=STUDENT_LAYERS), num_labels, "bench.student", teacher)
+    student = load_model(StudentFromTeacher(layers=STUDENT_LAYERS), num_labels, "bench.student", teacher)
     return teacher, student
 
 

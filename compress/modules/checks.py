@@ -12,16 +12,60 @@ import re
 
 from torch import Tensor, nn
 
+from compress.data.tokenizer import load_tokenizer, same_tokenizer
+from compress.modules.loading import task_of
+
 
 def check_model_matches_data(
     model: nn.Module, datamodule, field: str, tokenizer_attr: str = "tokenizer"
 ) -> None:
-    """At least two classes; label count, a teacher's label names, vocabulary and positions agree.
+    """The data is for the model's task (classification or language modelling); for a classifier at least
+    two classes, the label count and a teacher's label names agree; vocabulary and positions fit.
 
     Changes nothing: `name_labels` gives the model the data's label names.
     """
-    if datamodule is None or not hasattr(datamodule, "num_labels"):
+    data_task = getattr(datamodule, "task", "classification" if hasattr(datamodule, "num_labels") else None)
+    if data_task is None:
         return
+    _check_task(model, datamodule, data_task, field)
+    if data_task == "classification":
+        _check_labels(model, datamodule, field)
+    _check_vocabulary(model, getattr(datamodule, tokenizer_attr, None), field)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    setting = "max_length" if data_task == "classification" else "block_size"
+    length = getattr(datamodule, "hparams", {}).get(setting)
+    if positions is not None and length is not None and length > positions:
+        raise ValueError(
+            f"data.{setting}: {length} exceeds the {positions} positions of {field}; "
+            f"set data.{setting} <= {positions}"
+        )
+
+
+def _check_task(model: nn.Module, datamodule, data_task: str, field: str) -> None:
+    name, data = type(model).__name__, type(datamodule).__name__
+    if task_of(model) == "causal_lm" and data_task != "causal_lm":
+        raise ValueError(
+            f"{field}: {name} is a causal language model but the data ({data}) is labelled text for "
+            "classification; use compress.data.LanguageModelingDataModule, or a sequence-classification model"
+        )
+    if task_of(model) != "causal_lm" and data_task == "causal_lm":
+        raise ValueError(
+            f"{field}: {name} is not a causal language model but the data ({data}) is for language "
+            "modelling; use a causal LM (such as smollm2-135m), or compress.data.TextClassificationDataModule"
+        )
+
+
+def _check_vocabulary(model: nn.Module, tokenizer, field: str) -> None:
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if tokenizer is not None and len(tokenizer) > vocabulary:
+        raise ValueError(
+            f"{field}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
+            f"{vocabulary}; "
+            "use the model's own tokenizer (data.tokenizer / data.teacher_tokenizer)"
+        )
+
+
+def _check_labels(model: nn.Module, datamodule, field: str) -> None:
     if datamodule.num_labels < 2:
         raise ValueError(
             f"data.label_column: {datamodule.hparams.source!r} has a single class {datamodule.label_names}; "
@@ -38,20 +82,6 @@ def check_model_matches_data(
         )
     if field.startswith("model.teacher"):
         _check_label_names(config, datamodule.label_names, field)
-    tokenizer = getattr(datamodule, tokenizer_attr, None)
-    vocabulary = model.get_input_embeddings().num_embeddings
-    if tokenizer is not None and len(tokenizer) > vocabulary:
-        raise ValueError(
-            f"{field}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings only "
-            f"{vocabulary}; "
-            "use the model's own tokenizer (data.tokenizer / data.teacher_tokenizer)"
-        )
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and datamodule.hparams.max_length > positions:
-        raise ValueError(
-            f"data.max_length: {datamodule.hparams.max_length} exceeds the {positions} positions of {field}; "
-            f"set data.max_length <= {positions}"
-        )
 
 
 def check_num_labels(num_labels: int | None) -> None:
@@ -65,7 +95,16 @@ def check_num_labels(num_labels: int | None) -> None:
 
 
 def check_teacher_student(teacher: nn.Module, student: nn.Module, num_labels: int | None) -> None:
-    """Teacher, student and data (``num_labels``) have the same label count."""
+    """Teacher and student have the same task; a classifier pair and the data (``num_labels``) have the
+    same label count."""
+    if task_of(teacher) != task_of(student):
+        raise ValueError(
+            f"model.student: {type(student).__name__} ({task_of(student)}) cannot learn from the teacher "
+            f"{type(teacher).__name__} ({task_of(teacher)}); give a student of the teacher's kind, or "
+            "build it from the teacher with StudentFromTeacher"
+        )
+    if task_of(teacher) == "causal_lm":
+        return
     check_num_labels(num_labels)
     t, s = teacher.config.num_labels, student.config.num_labels
     if t != s:
@@ -80,8 +119,14 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module, num_labels: in
         )
 
 
-def check_distillation_settings(teachers: int, intermediate, teacher_cache) -> None:
-    """Layer matching takes one teacher, and the teacher at every step (no cache)."""
+def check_distillation_settings(teachers: int, intermediate, teacher_cache, task: str) -> None:
+    """Layer matching takes one teacher, and the teacher at every step (no cache); causal LMs have no
+    teacher cache yet."""
+    if teacher_cache is not None and task == "causal_lm":
+        raise ValueError(
+            "model.teacher_cache: the teacher cache stores one row of logits per example and does not hold "
+            "a causal LM's per-token logits yet; drop teacher_cache (the teacher then runs at every step)"
+        )
     if intermediate is not None and teachers > 1:
         raise ValueError(
             "model.intermediate: layer matching takes a single teacher; drop `intermediate` "
@@ -123,4 +168,38 @@ def check_checkpoint_matches(module: nn.Module, state: dict[str, Tensor], field:
             f"{field}: the checkpoint holds another model's weights ({len(foreign)} this model lacks, "
             f"{len(reshaped)} of another shape; e.g. {(foreign or reshaped)[0]}); pass a checkpoint written "
             "with this model's settings, or leave ckpt_path out to start afresh"
+        )
+
+
+def check_teachers_agree(teachers: nn.ModuleList) -> str:
+    """All teachers have one task (classification or causal LM); returns it."""
+    tasks = [task_of(t) for t in teachers]
+    if len(set(tasks)) > 1:
+        raise ValueError(
+            f"model.teacher: the teachers mix tasks ({tasks}); give only classifiers or only causal LMs"
+        )
+    return tasks[0]
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(
+            f"model.logit_chunk_size: {chunk_size!r} must be a positive number of tokens, or null to "
+            "compute the student's logits whole"
+        )
+
+
+def check_same_tokenizer(teacher: str, student: str) -> None:
+    """Token-level distillation compares next-token distributions: the two causal LMs' tokenizers (when
+    both folders have one) must be the same."""
+    try:
+        ours, theirs = load_tokenizer(student, "model.student"), load_tokenizer(teacher, "model.teacher")
+    except ValueError:  # a folder without tokenizer files: the data's tokenizer is checked in setup
+        return
+    if not same_tokenizer(ours, theirs):
+        raise ValueError(
+            f"model.student: its tokenizer ({student!r}, {len(ours):,} tokens) differs from the teacher's "
+            f"({teacher!r}, {len(theirs):,} tokens); token-level distillation needs one vocabulary "
+            "(cross-tokenizer distillation is not supported yet): use a student with the teacher's "
+            "tokenizer, e.g. StudentFromTeacher"
         )

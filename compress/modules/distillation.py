@@ -22,6 +22,7 @@ from peft import PeftConfig
 from torch import Tensor, nn
 
 from compress.data import TEACHER_PREFIX
+from compress.distill.causal_lm import NextTokens, causal_lm_kd_loss, shared_vocabulary
 from compress.distill.intermediate import IntermediateDistillation
 from compress.distill.losses import IGNORE_INDEX, KDLoss
 from compress.distill.multi_teacher import average_teacher_logits, normalized_weights
@@ -29,15 +30,19 @@ from compress.distill.protocol import DistillationLoss, check_loss, reweight_har
 from compress.distill.teacher_cache import TeacherCache
 from compress.modules.checks import (
     check_checkpoint_matches,
+    check_chunk_size,
     check_distillation_settings,
     check_model_matches_data,
+    check_same_tokenizer,
     check_teacher_student,
+    check_teachers_agree,
 )
 from compress.modules.evaluation import ClassifierEvaluation
+from compress.modules.lm_evaluation import LanguageModelEvaluation
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
-    load_classifier,
+    load_model,
     load_teachers,
     name_labels,
     prepare_for_training,
@@ -58,11 +63,14 @@ TEACHER_KEY = "teachers."
 
 class DistillationModule(L.LightningModule):
     """Trains ``student`` on ``loss.components(student_logits, teacher_logits, labels)`` with a frozen
-    ``teacher``.
+    ``teacher``: a sequence classifier, or a causal LM on next tokens (the task follows from the teacher).
 
     The teacher stays in eval mode without gradients, is left out of the optimizer and, unless
     ``save_teacher`` is set, of checkpoints (it is reloaded from its source). Validation reports the
-    student's accuracy and macro-F1 every epoch and the teacher's once.
+    student's accuracy and macro-F1 every epoch and the teacher's once; for causal LMs, the student's and
+    the teacher's perplexity, the per-token KL to the teacher and their top-1 agreement
+    (`LanguageModelEvaluation`). A causal-LM pair that shares a tokenizer but pads its embeddings
+    differently is compared on the tokenizer's real vocabulary.
 
     Args:
         teacher: the fine-tuned teacher (a folder, an offline alias or a module), or a list of them:
@@ -89,6 +97,9 @@ class DistillationModule(L.LightningModule):
         optimizer: your own optimizer instead of AdamW, e.g. ``torch.optim.SGD`` as a YAML ``class_path``
             (see `Optimization`); not stored in checkpoints.
         lr_scheduler: your own schedule instead of ``lr_schedule``, stepped every optimizer step.
+        logit_chunk_size: causal LMs: compute the student's logits and the loss this many tokens at a time
+            from its final hidden states (`causal_lm_kd_loss`), so ``tokens x vocabulary`` student logits
+            never exist whole; None computes them whole. Used with a `KDLoss` and no ``intermediate``.
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class DistillationModule(L.LightningModule):
         teacher_cache: TeacherCache | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        logit_chunk_size: int | None = 1024,
     ) -> None:
         super().__init__()
         self.optimization = Optimization(
@@ -126,22 +138,34 @@ class DistillationModule(L.LightningModule):
         self.hparams.update(storable_args(teacher=teacher, **settings))
         self.teachers = load_teachers(teacher)
         self.teacher_weights = normalized_weights(teacher_weights, len(self.teachers))
+        self.task = check_teachers_agree(self.teachers)
         depth = self.teacher.config.num_hidden_layers
         recipe = settings["student"]
         if recipe is None:
             recipe = StudentFromTeacher(num_hidden_layers=max(1, depth // 2))
-        student_model = load_classifier(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
+        student_model = load_model(recipe, self.teacher.config.num_labels, "model.student", self.teacher)
         self.student = prepare_for_training(student_model, settings["adapter"], settings["tuning"])
         self.loss = check_loss(settings["loss"] if settings["loss"] is not None else KDLoss())
         for t in self.teachers:
             check_teacher_student(t, self.student, num_labels)
-        check_distillation_settings(len(self.teachers), intermediate, teacher_cache)
+        if self.task == "causal_lm":
+            for source in teacher if isinstance(teacher, list) else [teacher]:
+                student_source = recipe.source if isinstance(recipe, StudentFromTeacher) else recipe
+                if isinstance(source, str) and isinstance(student_source, str):
+                    check_same_tokenizer(source, student_source)
+        check_distillation_settings(len(self.teachers), intermediate, teacher_cache, self.task)
+        check_chunk_size(logit_chunk_size)
+        self.logit_chunk_size = logit_chunk_size
         matching = settings["intermediate"]
         self.intermediate = matching.build_for(self.student, self.teacher) if matching is not None else None
-        labels = self.student.config.num_labels
-        self.evaluation = ClassifierEvaluation(labels)
-        self.teacher_metrics = classification_metrics(labels, "val/teacher_")
+        self.vocab_size = shared_vocabulary([*self.teachers, self.student])
         self._teacher_evaluated = False
+        if self.task == "causal_lm":
+            self.evaluation = LanguageModelEvaluation(with_teacher=True)
+        else:
+            labels = self.student.config.num_labels
+            self.evaluation = ClassifierEvaluation(labels)
+            self.teacher_metrics = classification_metrics(labels, "val/teacher_")
         self.training_teacher_logits = TrainingTeacherLogits(settings["teacher_cache"])
 
     @property
@@ -168,6 +192,8 @@ class DistillationModule(L.LightningModule):
                 t, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
             )
         name_labels(self.student, datamodule)
+        if self.task == "causal_lm" and getattr(datamodule, "tokenizer", None) is not None:
+            self.vocab_size = len(datamodule.tokenizer)  # embeddings may be padded beyond it
         if stage == "fit":
             self.print(
                 f"DistillationModule: student {count_parameters(self.student, True):,} trainable of "
@@ -187,13 +213,17 @@ class DistillationModule(L.LightningModule):
         self.training_teacher_logits.start_epoch()
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.student(**model_inputs(batch)).logits
+        return self._vocabulary(self.student(**model_inputs(batch)).logits)
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, Tensor]) -> Tensor:
         """The teacher's logits, or the teachers' mixture at the loss's temperature."""
-        logits = [self._teacher_outputs(batch, t).logits for t in self.teachers]
+        logits = [self._vocabulary(self._teacher_outputs(batch, t).logits) for t in self.teachers]
         return average_teacher_logits(logits, self.teacher_weights, self.loss.temperature)
+
+    def _vocabulary(self, logits: Tensor) -> Tensor:
+        """A causal LM's logits over the shared vocabulary (padding rows of the embeddings cut off)."""
+        return logits[..., : self.vocab_size] if self.task == "causal_lm" else logits
 
     @torch.no_grad()
     def _teacher_outputs(self, batch: dict[str, Tensor], teacher: nn.Module, **flags):
@@ -201,18 +231,40 @@ class DistillationModule(L.LightningModule):
         return teacher(**model_inputs(batch, prefix), **flags)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        labels, mask = batch["labels"], batch.get("attention_mask")
-        student_logits, teacher_logits, matched = self._training_logits(batch)
-        # the mask is for token-level losses; (B, C) logits ignore it
-        parts = self.loss.components(student_logits, teacher_logits, labels, attention_mask=mask)
+        if self.task == "causal_lm" and self._chunked:
+            labels = NextTokens.of(batch).labels
+            teacher_logits = self.training_teacher_logits(self, batch)
+            parts = causal_lm_kd_loss(
+                self.student, batch, teacher_logits, self.loss, self.vocab_size, self.logit_chunk_size
+            )
+            matched = None
+        else:
+            parts, labels, matched = self._unchunked_parts(batch)
         parts = self._hard_over_all_ranks(parts, labels)
         if matched is not None:
             parts["loss"] = parts["loss"] + matched["loss"]
             parts.update(hidden=matched["hidden"], attention=matched["attention"])
-        size = len(labels)
+        size = len(batch["input_ids"])
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=size)
         return parts["loss"]
+
+    @property
+    def _chunked(self) -> bool:
+        plain = self.intermediate is None and isinstance(self.loss, KDLoss)
+        return plain and self.logit_chunk_size is not None
+
+    def _unchunked_parts(self, batch: dict[str, Tensor]):
+        """The loss's parts on whole logits, the hard labels, and the intermediate-matching terms."""
+        student_logits, teacher_logits, matched = self._training_logits(batch)
+        if self.task == "causal_lm":
+            tokens = NextTokens.of(batch)
+            student_logits, teacher_logits = tokens.select(student_logits), tokens.select(teacher_logits)
+            labels, mask = tokens.labels, None
+        else:  # the mask is for token-level losses; (B, C) logits ignore it
+            labels, mask = batch["labels"], batch.get("attention_mask")
+        parts = self.loss.components(student_logits, teacher_logits, labels, attention_mask=mask)
+        return parts, labels, matched
 
     def _training_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
         """Student and teacher logits, and the intermediate-matching terms when layers are matched."""
@@ -228,7 +280,7 @@ class DistillationModule(L.LightningModule):
             student.attentions,
             teacher.attentions,
         )
-        return student.logits, teacher.logits, matched
+        return self._vocabulary(student.logits), self._vocabulary(teacher.logits), matched
 
     def _hard_over_all_ranks(self, parts: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """Under DDP, weight each rank's hard term (a mean over its own labelled rows) so that the averaged
@@ -241,12 +293,12 @@ class DistillationModule(L.LightningModule):
         return reweight_hard(parts, self.loss.hard_weight, local * world / total.clamp(min=1))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluation.validation_step(self, batch)
-        if not self._teacher_evaluated and not self.trainer.sanity_checking:
+        self.evaluation.validation_step(self, batch)  # a causal LM's includes the teacher's metrics
+        if self.task == "classification" and not self._teacher_evaluated and not self.trainer.sanity_checking:
             self.teacher_metrics.update(self.teacher_logits(batch), batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
-        if not self._teacher_evaluated and not self.trainer.sanity_checking:
+        if self.task == "classification" and not self._teacher_evaluated and not self.trainer.sanity_checking:
             self.log_dict(self.teacher_metrics.compute())
             self.teacher_metrics.reset()
             self._teacher_evaluated = True

@@ -1,13 +1,16 @@
-"""Turning a model source (folder, alias, module, or student recipe) into a sequence classifier ready to
-train on the data, and the module's init arguments into what a checkpoint stores.
+"""Turning a model source (folder, alias, module, or student recipe) into a sequence classifier or a causal
+LM ready to train on the data, and the module's init arguments into what a checkpoint stores.
+
+The task follows from the model: a causal LM (any class of transformers' causal-LM auto mapping, such as
+``LlamaForCausalLM`` or ``GPT2LMHeadModel``) is trained on next tokens, anything else as a classifier.
 
 Example:
-    >>> from compress.modules.loading import load_classifier, storable_args
+    >>> from compress.modules.loading import load_model, storable_args, task_of
     >>> from compress.peft import StudentFromTeacher
-    >>> teacher = load_classifier("runs/default/stages/teacher/model", num_labels=2, field="model.model")
+    >>> teacher = load_model("runs/default/stages/teacher/model", num_labels=2, field="model.model")
     >>> recipe = StudentFromTeacher(layers=[0, 5])
-    >>> load_classifier(recipe, 2, "model.student", teacher).config.num_hidden_layers
-    2
+    >>> load_model(recipe, 2, "model.student", teacher).config.num_hidden_layers, task_of(teacher)
+    (2, 'classification')
     >>> stored = storable_args(student=recipe, teacher=teacher)  # a module with weights is left out
     >>> list(stored), stored["student"]["init_args"]["layers"]
     (['student'], [0, 5])
@@ -16,11 +19,18 @@ Example:
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
-from peft import PeftConfig
+from peft import PeftConfig, TaskType
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from compress.assets import resolve_model_source
 from compress.peft.adapters import AdapterConfig, attach_adapter, peft_config_to_dict
@@ -30,17 +40,30 @@ from compress.safe_load import load_pretrained
 from compress.stored import to_stored
 
 ModelSource = str | nn.Module | StudentFromTeacher
+Task = Literal["classification", "causal_lm"]
+CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-def load_classifier(
+def task_of(model: nn.Module | PretrainedConfig) -> Task:
+    """``causal_lm`` for a causal language model (or its config, or a peft model around one), else
+    ``classification``."""
+    if isinstance(model, nn.Module):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        names = [type(base).__name__]
+    else:
+        names = model.architectures or []
+    return "causal_lm" if any(name in CAUSAL_LM_CLASSES for name in names) else "classification"
+
+
+def load_model(
     source: ModelSource, num_labels: int | None, field: str, teacher: PreTrainedModel | None = None
 ) -> nn.Module:
-    """A sequence-classification model from ``source``; ``field`` names the setting in errors."""
+    """A sequence classifier, or a causal LM when ``source`` is one; ``field`` names the setting in errors."""
     if isinstance(source, nn.Module):
         return source
     if isinstance(source, StudentFromTeacher):
         if source.source is not None:
-            teacher = load_classifier(source.source, num_labels, f"{field}.source")
+            teacher = load_model(source.source, num_labels, f"{field}.source")
         if teacher is None:
             raise ValueError(
                 f"{field}: StudentFromTeacher needs `source` (a model folder or alias such as "
@@ -49,6 +72,8 @@ def load_classifier(
         return source.build(teacher)
     path = resolve_source(source, field)
     config = AutoConfig.from_pretrained(path)
+    if task_of(config) == "causal_lm":
+        return load_pretrained(AutoModelForCausalLM, path, field)
     if num_labels is not None and _is_classifier(config) and config.num_labels != num_labels:
         raise ValueError(
             f"{field}: {source!r} has a classifier head with {config.num_labels} labels but the "
@@ -59,16 +84,17 @@ def load_classifier(
 
 
 def load_teacher(source: str | nn.Module, field: str = "teacher") -> nn.Module:
-    """A fine-tuned teacher: refuses a base model whose classifier head would be random."""
+    """A fine-tuned teacher or a causal LM: refuses a base model whose classifier head would be random."""
     if isinstance(source, str):
         path = resolve_source(source, field)
-        if not _is_classifier(AutoConfig.from_pretrained(path)):
+        config = AutoConfig.from_pretrained(path)
+        if not _is_classifier(config) and task_of(config) != "causal_lm":
             raise ValueError(
-                f"{field}: {source!r} is not a fine-tuned classifier (its config lists no "
-                "*ForSequenceClassification architecture); fine-tune it first with TaskModule "
+                f"{field}: {source!r} is neither a fine-tuned classifier nor a causal language model (its "
+                f"config lists {config.architectures}); fine-tune it first with TaskModule "
                 "(`compress fit --config configs/examples/finetune_teacher.yaml`) and pass the saved folder"
             )
-    return load_classifier(source, None, field)
+    return load_model(source, None, field)
 
 
 def load_teachers(source: str | nn.Module | list[str | nn.Module]) -> nn.ModuleList:
@@ -84,10 +110,11 @@ def prepare_for_training(
     model: nn.Module, adapter: AdapterConfig | None = None, tuning: SelectiveTuning | None = None
 ) -> nn.Module:
     """Train mode (from_pretrained returns eval mode and Lightning keeps module modes, so dropout would be
-    off), then the adapter, then selective tuning."""
+    off), then the adapter (for the model's task), then selective tuning."""
     model = model.train()
     if adapter is not None:
-        model = attach_adapter(model, adapter)
+        causal = task_of(model) == "causal_lm"
+        model = attach_adapter(model, adapter, TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS)
     if tuning is not None:
         tuning.apply(model)
     return model

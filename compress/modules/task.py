@@ -1,4 +1,5 @@
-"""`TaskModule`: fine-tune a sequence classifier on labels (the teacher, or a student without a teacher).
+"""`TaskModule`: fine-tune a sequence classifier on labels, or a causal LM on next tokens (the teacher, or a
+student without a teacher).
 
 Example:
     >>> from lightning.pytorch import Trainer
@@ -24,16 +25,19 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import PeftConfig
 from torch import Tensor
 
+from compress.distill.causal_lm import NextTokens
 from compress.distill.losses import hard_ce
 from compress.modules.checks import check_checkpoint_matches, check_model_matches_data, check_num_labels
 from compress.modules.evaluation import ClassifierEvaluation
+from compress.modules.lm_evaluation import LanguageModelEvaluation
 from compress.modules.loading import (
     ModelSource,
     count_parameters,
-    load_classifier,
+    load_model,
     name_labels,
     prepare_for_training,
     storable_args,
+    task_of,
 )
 from compress.modules.optim import Optimization
 from compress.peft.adapters import AdapterConfig
@@ -51,12 +55,14 @@ def model_inputs(batch: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor
 
 
 class TaskModule(L.LightningModule):
-    """Fine-tunes any `AutoModelForSequenceClassification`-style model with cross-entropy.
+    """Fine-tunes any `AutoModelForSequenceClassification`-style model with cross-entropy, or a causal LM
+    (``AutoModelForCausalLM``: the task follows from the model) with next-token cross-entropy, validated by
+    held-out perplexity (`LanguageModelEvaluation`).
 
     Args:
         model: a folder, an offline alias (``minilm-l6``), a hub id, a module, or a `StudentFromTeacher`
             recipe with ``source``.
-        num_labels: size of the classifier head (the CLI links it from the data).
+        num_labels: size of the classifier head (the CLI links it from the data; None for causal LMs).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         warmup_ratio: fraction of the optimizer steps spent warming up linearly.
@@ -92,8 +98,12 @@ class TaskModule(L.LightningModule):
         adapter = from_stored(adapter, AdapterConfig, "model.adapter")
         tuning = from_stored(tuning, SelectiveTuning, "model.tuning")
         self.hparams.update(storable_args(model=model, adapter=adapter, tuning=tuning))
-        self.model = prepare_for_training(load_classifier(model, num_labels, "model.model"), adapter, tuning)
-        self.evaluation = ClassifierEvaluation(self.model.config.num_labels)
+        self.model = prepare_for_training(load_model(model, num_labels, "model.model"), adapter, tuning)
+        self.task = task_of(self.model)
+        if self.task == "causal_lm":
+            self.evaluation = LanguageModelEvaluation()
+        else:
+            self.evaluation = ClassifierEvaluation(self.model.config.num_labels)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -111,8 +121,12 @@ class TaskModule(L.LightningModule):
         return self.model(**model_inputs(batch)).logits
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = hard_ce(self(batch), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        if self.task == "causal_lm":
+            tokens = NextTokens.of(batch)
+            loss = hard_ce(tokens.select(self(batch)), tokens.labels)
+        else:
+            loss = hard_ce(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

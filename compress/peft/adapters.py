@@ -1,4 +1,4 @@
-"""peft adapters on a sequence classifier: attach, count, and store configs in checkpoints.
+"""peft adapters on a sequence classifier or a causal LM: attach, count, and store configs in checkpoints.
 
 Example:
     >>> from peft import LoraConfig
@@ -26,13 +26,15 @@ from compress.stored import from_stored, to_stored
 AdapterConfig = PeftConfig | BottleneckConfig
 
 
-def attach_adapter(model: nn.Module, config: AdapterConfig | dict) -> nn.Module:
-    """Adds an adapter; only adapter weights and the classifier head stay trainable.
+def attach_adapter(
+    model: nn.Module, config: AdapterConfig | dict, task_type: TaskType = TaskType.SEQ_CLS
+) -> nn.Module:
+    """Adds an adapter; only adapter weights (and a classifier's head) stay trainable.
 
-    A peft config wraps the model in a `PeftModel`; one without ``task_type`` gets ``SEQ_CLS`` so peft
-    keeps the classification head trainable (``modules_to_save``); ``config`` itself is not modified.
-    A `BottleneckConfig` inserts bottleneck adapters in place. A dict is a config as a checkpoint stores
-    it (`peft_config_to_dict`, `compress.stored.to_stored`).
+    A peft config wraps the model in a `PeftModel`; one without ``task_type`` gets the model's
+    (``SEQ_CLS``, so peft keeps the classification head trainable through ``modules_to_save``, or
+    ``CAUSAL_LM``); ``config`` itself is not modified. A `BottleneckConfig` inserts bottleneck adapters in
+    place. A dict is a config as a checkpoint stores it (`peft_config_to_dict`, `compress.stored.to_stored`).
     """
     config = from_stored(config, AdapterConfig, "adapter")
     if isinstance(config, BottleneckConfig):
@@ -40,11 +42,12 @@ def attach_adapter(model: nn.Module, config: AdapterConfig | dict) -> nn.Module:
     config = as_peft_config(config)
     if config.task_type is None:
         config = copy.deepcopy(config)
-        config.task_type = TaskType.SEQ_CLS
-    if config.task_type != TaskType.SEQ_CLS:
+        config.task_type = task_type
+    if config.task_type != task_type:
+        kind = "causal language model" if task_type == TaskType.CAUSAL_LM else "sequence classifier"
         raise ValueError(
-            f"adapter.task_type: {config.task_type!r} does not fit a sequence classifier; "
-            "use SEQ_CLS or leave it unset"
+            f"adapter.task_type: {config.task_type!r} does not fit a {kind}; "
+            f"use {task_type.value} or leave it unset"
         )
     return get_peft_model(model, config)
 

@@ -25,8 +25,10 @@ class StudentFromTeacher:
 
     Give ``layers`` (teacher layer indices to copy, e.g. ``[0, 2, 4]`` of 6) or ``num_hidden_layers``
     (k layers spread uniformly: student layer i copies teacher layer ``round((i+1)·L/k) − 1``).
-    Embeddings, pooler and classifier head are copied too; the result is a stock model of the
-    teacher's class, with ``config.num_hidden_layers`` set.
+    Embeddings, pooler and classifier head (or a causal LM's final norm and output embedding) are copied
+    too; the result is a stock model of the teacher's class, with ``config.num_hidden_layers`` (and
+    per-layer settings such as ``layer_types``) set. Works for BERT-style encoders and Llama-family
+    decoders alike.
 
     Args:
         layers: teacher layer indices to keep, in order.
@@ -77,6 +79,9 @@ class StudentFromTeacher:
         )
 
 
+PER_LAYER_SETTINGS = ("layer_types",)
+
+
 def layer_container(model: nn.Module) -> str:
     """Name of the `nn.ModuleList` holding the transformer layers (e.g. ``bert.encoder.layer``)."""
     depth = model.config.num_hidden_layers
@@ -95,6 +100,9 @@ def build_student(
     """A new model of the teacher's class with ``len(layers)`` layers copied from the given teacher layers."""
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     config.num_hidden_layers = len(layers)
+    for key in PER_LAYER_SETTINGS:  # e.g. Qwen's sliding/full attention per layer follows its layer
+        if isinstance(getattr(config, key, None), list):
+            setattr(config, key, [getattr(teacher.config, key)[i] for i in layers])
     student = type(teacher)(config)
     container = layer_container(teacher)
     pattern = re.compile(re.escape(container) + r"\.(\d+)\.")

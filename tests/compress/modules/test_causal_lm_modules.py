@@ -1,0 +1,147 @@
+"""Causal LMs in TaskModule and DistillationModule: the task follows from the model, the chunked loss equals
+the whole-logits loss, padded vocabularies are aligned, and bad pairs are refused before the first step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig
+from torch.utils.data import DataLoader
+from transformers import BertConfig, BertForSequenceClassification, LlamaForCausalLM, Qwen2Config
+
+from compress.distill import KDLoss, TeacherCache
+from compress.distill.causal_lm import NextTokens
+from compress.modules import DistillationModule, TaskModule
+from compress.peft import StudentFromTeacher
+from tests.compress.modules.causal_lm_models import batches, first_step, tiny_llama
+from tests.conftest import quick_trainer
+
+
+def test_next_tokens_shift_and_masks():
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]),
+        "labels": torch.tensor([[-100, -100, 7, 8], [9, 10, -100, -100]]),
+    }
+    tokens = NextTokens.of(batch)
+    # row 0: positions 0..2 predict 6 (prompt: soft only), 7, 8; row 1: position 0 predicts 10
+    assert tokens.valid.tolist() == [[True, True, True], [True, False, False]]
+    assert tokens.labels.tolist() == [-100, 7, 8, 10]
+    assert tokens.count == 4 and int(tokens.labelled) == 3
+
+
+def test_the_chunked_loss_trains_as_the_whole_logits_loss():
+    teacher = tiny_llama(seed=1)
+    runs = [
+        first_step(DistillationModule(teacher, StudentFromTeacher(layers=[0, 3]), logit_chunk_size=chunk))
+        for chunk in (3, None)
+    ]
+    torch.testing.assert_close(runs[0].loss, runs[1].loss)
+    assert runs[0].grads.keys() == runs[1].grads.keys() and runs[0].grads
+    for name, grad in runs[0].grads.items():
+        torch.testing.assert_close(grad, runs[1].grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("adapter", [None, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])])
+def test_distillation_fits_and_validates(adapter):
+    module = DistillationModule(tiny_llama(seed=1), StudentFromTeacher(num_hidden_layers=2), adapter=adapter)
+    trainer = quick_trainer(steps=2, limit_val_batches=2)
+    trainer.fit(module, batches(), batches())
+    metrics = trainer.validate(module, batches(), verbose=False)[0]
+    assert set(metrics) == {
+        "val/loss",
+        "val/perplexity",
+        "val/teacher_perplexity",
+        "val/kl",
+        "val/top1_agreement",
+    }
+    assert metrics["val/perplexity"] == pytest.approx(
+        torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-4
+    )
+    assert metrics["val/kl"] >= 0 and 0 <= metrics["val/top1_agreement"] <= 1
+    if adapter is not None:
+        trainable = [n for n, p in module.student.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_task_module_trains_a_causal_lm_on_next_tokens():
+    model = tiny_llama()
+    batch = next(iter(batches()))  # rows without padding: transformers' own shifted loss applies
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    module = TaskModule(model)
+    torch.testing.assert_close(first_step(module, DataLoader([batch], batch_size=None)).loss, expected)
+    metrics = quick_trainer().validate(module, batches(), verbose=False)[0]
+    assert module.task == "causal_lm" and set(metrics) == {"val/loss", "val/perplexity"}
+
+
+def test_padded_embeddings_are_compared_on_the_shared_vocabulary():
+    teacher, student = tiny_llama(vocab=104, seed=1), tiny_llama(vocab=96, seed=2)
+    module = DistillationModule(teacher, student, loss=KDLoss(alpha=0.0, temperature=1.0))
+    assert module.vocab_size == 96
+    batch = next(iter(batches()))
+    tokens = NextTokens.of(batch)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        s, t = student(**inputs).logits, teacher(**inputs).logits[..., :96]
+        expected = KDLoss(alpha=0.0, temperature=1.0)(tokens.select(s), tokens.select(t))
+    torch.testing.assert_close(first_step(module, DataLoader([batch], batch_size=None)).loss, expected)
+
+
+def test_student_from_a_llama_teacher_copies_its_layers():
+    teacher = tiny_llama(seed=3).eval()
+    whole = StudentFromTeacher(layers=[0, 1, 2, 3]).build(teacher).eval()
+    ids = torch.randint(0, 96, (2, 8))
+    torch.testing.assert_close(whole(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    student = StudentFromTeacher(layers=[0, 3]).build(teacher)
+    assert isinstance(student, LlamaForCausalLM) and student.config.num_hidden_layers == 2
+    torch.testing.assert_close(
+        student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[3].mlp.up_proj.weight
+    )
+    assert student.lm_head.weight.data_ptr() == student.model.embed_tokens.weight.data_ptr()  # still tied
+
+
+def test_student_keeps_the_per_layer_settings_of_its_layers():
+    from transformers import Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, layer_types=["sliding_attention", "full_attention"] * 2,
+        use_sliding_window=True,
+    )  # fmt: skip
+    student = StudentFromTeacher(layers=[1, 2]).build(Qwen2ForCausalLM(config))
+    assert student.config.layer_types == ["full_attention", "sliding_attention"]
+
+
+def test_a_classifier_student_for_a_causal_lm_teacher_is_refused():
+    bert = BertForSequenceClassification(BertConfig(vocab_size=96, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32))  # fmt: skip
+    with pytest.raises(ValueError, match="model.student: BertForSequenceClassification"):
+        DistillationModule(tiny_llama(), bert)
+
+
+def test_a_teacher_cache_for_a_causal_lm_is_refused():
+    with pytest.raises(ValueError, match="model.teacher_cache"):
+        DistillationModule(
+            tiny_llama(), StudentFromTeacher(num_hidden_layers=1), teacher_cache=TeacherCache()
+        )
+
+
+def test_a_bad_chunk_size_is_refused():
+    with pytest.raises(ValueError, match="model.logit_chunk_size"):
+        DistillationModule(tiny_llama(), StudentFromTeacher(num_hidden_layers=1), logit_chunk_size=0)
+
+
+def test_the_chunked_path_falls_back_when_the_head_has_an_adapter():
+    lora = LoraConfig(r=2, target_modules=["lm_head", "q_proj"], init_lora_weights=False)
+    module = DistillationModule(tiny_llama(seed=1), StudentFromTeacher(num_hidden_layers=2), adapter=lora)
+    grads = first_step(module).grads  # the whole-logits path: the head's LoRA weights get gradients
+    assert any("lm_head" in name and "lora_" in name for name in grads)
+
+
+def test_loader_rows_of_unequal_length():
+    rows = [{"input_ids": torch.arange(1, 7), "attention_mask": torch.ones(6, dtype=torch.long)}] * 4
+    loader = DataLoader(rows, batch_size=2)
+    module = DistillationModule(tiny_llama(seed=1), StudentFromTeacher(num_hidden_layers=1))
+    quick_trainer(steps=1).fit(module, loader)  # no labels: the inputs are the next-token labels
+    assert module.trainer.global_step == 1
