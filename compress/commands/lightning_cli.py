@@ -1,15 +1,19 @@
-"""``compress fit | validate | test | predict``: LightningCLI over any LightningModule and the text data.
+"""``compress fit | validate | test | predict``: LightningCLI over any LightningModule and DataModule.
+
+The data defaults to `TextClassificationDataModule` (a config's ``data:`` settings are its init
+arguments); ``data: {class_path: compress.data.LanguageModelingDataModule, init_args: ...}`` or any other
+LightningDataModule replaces it.
 
 Example:
     compress fit --config configs/examples/finetune_teacher.yaml
-    compress fit --config configs/examples/distill.yaml --print_config
+    compress fit --config configs/tiny/distill_lm.yaml --print_config
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -20,14 +24,18 @@ PROGRESS_REFRESH = 10  # steps between progress-bar redraws
 
 
 class CompressCLI(LightningCLI):
-    """LightningCLI over any LightningModule (``class_path`` in YAML) and the text-classification data."""
+    """LightningCLI over any LightningModule and LightningDataModule (``class_path`` in YAML); the data's
+    class defaults to the text-classification one."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_model", True)
-        super().__init__(LightningModule, TextClassificationDataModule, *args, **kwargs)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        # The data knows the label count; every module's num_labels follows it.
+        default = f"{TextClassificationDataModule.__module__}.{TextClassificationDataModule.__name__}"
+        parser.set_defaults({"data": {"class_path": default}})  # `data:` settings without class_path are its
+        # The data knows the label count (None for language modelling); every module's num_labels follows it.
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:
