@@ -49,7 +49,8 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("compress.modules.")
-    assert printed["data"]["class_path"].startswith("compress.data.") and printed["data"]["init_args"]["source"]
+    assert printed["data"]["class_path"].startswith("compress.data.")
+    assert printed["data"]["init_args"]["source"]
 
 
 def test_unknown_config_key_is_rejected(tmp_path, capsys):
