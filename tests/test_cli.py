@@ -124,3 +124,12 @@ def test_validate_and_test_subcommands(subcommand, metric, tiny_teacher_dir, tin
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
     ])  # fmt: skip
     assert 0.0 <= float(cli.trainer.callback_metrics[metric]) <= 1.0
+
+
+def test_fit_the_tiny_causal_lm_config(tmp_path):
+    cli = CompressCLI(
+        args=["--config", "configs/tiny/distill_lm.yaml", f"--trainer.default_root_dir={tmp_path}"], run=False
+    )
+    assert type(cli.datamodule).__name__ == "LanguageModelingDataModule" and cli.model.task == "causal_lm"
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 5 and "val/kl" in cli.trainer.callback_metrics

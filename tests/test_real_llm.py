@@ -47,3 +47,31 @@ def test_the_converted_teacher_generates_with_its_own_tokenizer_and_chat_templat
     assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
     assert "<|im_start|>user" in chat
+
+
+def test_two_kd_steps_from_the_real_teacher_then_a_generation(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from compress.data import LanguageModelingDataModule
+    from compress.distill import KDLoss
+    from compress.modules import DistillationModule
+    from compress.peft import StudentFromTeacher
+
+    data = LanguageModelingDataModule(
+        "bbc_news", "smollm2-135m", block_size=64, max_train_documents=8, max_eval_documents=2, batch_size=2
+    )
+    module = DistillationModule(
+        "smollm2-135m", StudentFromTeacher(layers=[0, 1, 28, 29]), KDLoss(alpha=0.0, divergence="jsd")
+    )
+    trainer = Trainer(
+        max_steps=2, limit_val_batches=1, val_check_interval=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert trainer.global_step == 2 and torch.isfinite(metrics["train/loss"])
+    assert metrics["val/teacher_perplexity"] < 100 < metrics["val/perplexity"]  # 4 of 30 layers, 2 steps
+    student = module.student.eval()
+    inputs = data.tokenizer("The capital of France is", return_tensors="pt")
+    out = student.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4  # a stock LlamaForCausalLM that generates

@@ -195,6 +195,7 @@ class DistillationModule(L.LightningModule):
         if self.task == "causal_lm" and getattr(datamodule, "tokenizer", None) is not None:
             self.vocab_size = len(datamodule.tokenizer)  # embeddings may be padded beyond it
         if stage == "fit":
+            self.evaluation.reset()
             self.print(
                 f"DistillationModule: student {count_parameters(self.student, True):,} trainable of "
                 f"{count_parameters(self.student):,}; teacher {count_parameters(self.teachers):,} frozen"

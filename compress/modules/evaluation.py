@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from compress.callbacks import ExactResume, StopOnNonFiniteLoss
 from compress.modules.metrics import classification_metrics, log_evaluation
@@ -31,6 +32,13 @@ class ClassifierEvaluation(nn.Module):
         super().__init__()
         self.val_metrics = classification_metrics(num_labels, "val/")
         self.test_metrics = classification_metrics(num_labels, "test/")
+
+    def reset(self) -> None:
+        """Fresh metric states, at fit start: states left by a ``trainer.validate`` (inference tensors) cannot
+        be updated in place by fit's validation, which Lightning runs without inference mode."""
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
 
     def validation_step(self, module: LightningModule, batch: dict[str, Tensor]) -> None:
         """Logs ``val/loss`` (hard-label CE), ``val/acc`` and ``val/f1``."""

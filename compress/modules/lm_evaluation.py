@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.text import Perplexity
 
 from compress.callbacks import ExactResume, StopOnNonFiniteLoss
@@ -52,6 +52,13 @@ class LanguageModelEvaluation(nn.Module):
                 top1_agreement=MeanMetric(),
             )
         return nn.ModuleDict(metrics)
+
+    def reset(self) -> None:
+        """Fresh metric states, at fit start: states left by a ``trainer.validate`` (inference tensors) cannot
+        be updated in place by fit's validation, which Lightning runs without inference mode."""
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
 
     def validation_step(self, module: LightningModule, batch: dict[str, Tensor]) -> None:
         self._evaluate(module, batch, "val")

@@ -110,6 +110,7 @@ class TaskModule(L.LightningModule):
         check_model_matches_data(self.model, datamodule, "model")
         name_labels(self.model, datamodule)
         if stage == "fit":
+            self.evaluation.reset()
             total, trainable = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
             self.print(f"TaskModule: {trainable:,} trainable of {total:,} parameters")
 

@@ -145,3 +145,59 @@ def test_loader_rows_of_unequal_length():
     module = DistillationModule(tiny_llama(seed=1), StudentFromTeacher(num_hidden_layers=1))
     quick_trainer(steps=1).fit(module, loader)  # no labels: the inputs are the next-token labels
     assert module.trainer.global_step == 1
+
+
+@pytest.fixture(scope="module")
+def lm_data():
+    from compress.data import LanguageModelingDataModule
+
+    return LanguageModelingDataModule(
+        "bbc_news", "tiny-llama", block_size=32, max_train_documents=12, max_eval_documents=4, batch_size=4
+    )
+
+
+def test_a_causal_lm_student_learns_from_the_tiny_teacher_on_packed_text(lm_data):
+    module = DistillationModule("tiny-llama", StudentFromTeacher(num_hidden_layers=2), learning_rate=1e-3)
+    trainer = quick_trainer(steps=6, val_check_interval=6, limit_val_batches=2)
+    before = quick_trainer().validate(module, datamodule=lm_data, verbose=False)[0]["val/kl"]
+    trainer.fit(module, datamodule=lm_data)
+    assert module.vocab_size == len(lm_data.tokenizer) == 1024
+    assert trainer.callback_metrics["val/kl"] < before  # six steps bring the student closer
+
+
+def test_a_classifier_on_language_modelling_data_is_refused(lm_data):
+    bert = BertForSequenceClassification(BertConfig(vocab_size=1024, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32))  # fmt: skip
+    with pytest.raises(
+        ValueError, match="model: BertForSequenceClassification is not a causal language model"
+    ):
+        quick_trainer().fit(TaskModule(bert, num_labels=2), datamodule=lm_data)
+
+
+def test_a_causal_lm_on_classification_data_is_refused(tiny_csv):
+    from compress.data import TextClassificationDataModule
+
+    data = TextClassificationDataModule(
+        tiny_csv, "tiny-llama", text_column="review", label_column="sentiment", test_size=6, val_size=6
+    )
+    with pytest.raises(ValueError, match="model: LlamaForCausalLM is a causal language model"):
+        quick_trainer().fit(TaskModule("tiny-llama"), datamodule=data)
+
+
+def test_a_block_size_beyond_the_model_context_is_refused():
+    from compress.data import LanguageModelingDataModule
+
+    data = LanguageModelingDataModule("bbc_news", "tiny-llama", block_size=600, max_train_documents=20)
+    with pytest.raises(ValueError, match="data.block_size: 600 exceeds the 512 positions of model.student"):
+        quick_trainer().fit(
+            DistillationModule("tiny-llama", StudentFromTeacher(num_hidden_layers=1)), datamodule=data
+        )
+
+
+def test_a_student_with_another_tokenizer_is_refused(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tiny_llama(vocab=30522).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path)  # MiniLM's WordPiece
+    with pytest.raises(ValueError, match="model.student: its tokenizer .* differs from the teacher's"):
+        DistillationModule("tiny-llama", str(tmp_path))
