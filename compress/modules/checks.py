@@ -119,14 +119,8 @@ def check_teacher_student(teacher: nn.Module, student: nn.Module, num_labels: in
         )
 
 
-def check_distillation_settings(teachers: int, intermediate, teacher_cache, task: str) -> None:
-    """Layer matching takes one teacher, and the teacher at every step (no cache); causal LMs have no
-    teacher cache yet."""
-    if teacher_cache is not None and task == "causal_lm":
-        raise ValueError(
-            "model.teacher_cache: the teacher cache stores one row of logits per example and does not hold "
-            "a causal LM's per-token logits yet; drop teacher_cache (the teacher then runs at every step)"
-        )
+def check_distillation_settings(teachers: int, intermediate, teacher_cache) -> None:
+    """Layer matching takes one teacher, and the teacher at every step (no cache)."""
     if intermediate is not None and teachers > 1:
         raise ValueError(
             "model.intermediate: layer matching takes a single teacher; drop `intermediate` "

@@ -153,7 +153,7 @@ class DistillationModule(L.LightningModule):
                 student_source = recipe.source if isinstance(recipe, StudentFromTeacher) else recipe
                 if isinstance(source, str) and isinstance(student_source, str):
                     check_same_tokenizer(source, student_source)
-        check_distillation_settings(len(self.teachers), intermediate, teacher_cache, self.task)
+        check_distillation_settings(len(self.teachers), intermediate, teacher_cache)
         check_chunk_size(logit_chunk_size)
         self.logit_chunk_size = logit_chunk_size
         matching = settings["intermediate"]

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from compress.data import EXAMPLE_ID
 from compress.distill.teacher_cache import (
     CachedLogits,
     TeacherCache,
+    bytes_per_row,
     cache_key,
     fingerprint_model,
     write_cache,
@@ -61,11 +63,13 @@ class TrainingTeacherLogits:
         """The teacher logits of the training ``batch`` of ``module``."""
         if self._cache is None:
             return module.teacher_logits(batch)
-        cached = self._cache.lookup(batch[EXAMPLE_ID]).to(module.device, non_blocking=True)
+        length = batch["input_ids"].shape[1] if module.task == "causal_lm" else None
+        cached = self._cache.lookup(batch[EXAMPLE_ID], length).to(module.device, non_blocking=True)
         if self._verify_next:  # once per epoch: the cache must still be what the teacher says
             self._verify_next = False
             with torch.autocast(module.device.type, enabled=False):
-                check_cached_logits(cached, module.teacher_logits(batch), self.settings.top_k)
+                mask = batch.get("attention_mask") if module.task == "causal_lm" else None
+                check_cached_logits(cached, module.teacher_logits(batch), self.settings.top_k, mask)
         return cached
 
 
@@ -76,12 +80,16 @@ def open_teacher_cache(settings: TeacherCache, module: L.LightningModule, traine
     DDP rank 0 builds it while the others wait, then every rank memory-maps the same files.
     """
     datamodule = _check_source(trainer.datamodule, module)
+    causal = module.task == "causal_lm"
+    classes = module.vocab_size if causal else module.teacher.config.num_labels
+    positions = datamodule.hparams.block_size if causal else None  # per-token rows of a causal LM
     key = cache_key(
         teachers=[fingerprint_model(t) for t in module.teachers],
         weights=module.teacher_weights,
         temperature=module.loss.temperature if len(module.teachers) > 1 else None,
         data=datamodule.train_fingerprint(),
         top_k=settings.top_k,
+        classes=classes,
     )
     root = (
         Path(settings.directory) if settings.directory else Path(trainer.default_root_dir) / "teacher_cache"
@@ -90,22 +98,27 @@ def open_teacher_cache(settings: TeacherCache, module: L.LightningModule, traine
     if trainer.is_global_zero and not (folder / "meta.json").exists():
         start = time.perf_counter()
         loader = datamodule.cache_dataloader()
-        classes = module.teacher.config.num_labels
+        rows = len(loader.dataset)
         with torch.random.fork_rng():  # building draws no number the training would have drawn
-            write_cache(
-                folder, _teacher_batches(module, loader), len(loader.dataset), classes, settings.top_k
-            )
+            write_cache(folder, _teacher_batches(module, loader), rows, classes, settings.top_k, positions)
+        unit = "token" if causal else "row"
         module.print(
-            f"teacher cache: {len(loader.dataset)} rows in {time.perf_counter() - start:.1f} s -> {folder}"
+            f"teacher cache: {rows} rows in {time.perf_counter() - start:.1f} s, "
+            f"{bytes_per_row(json.loads((folder / 'meta.json').read_text())):,} bytes per {unit} -> {folder}"
         )
     elif trainer.is_global_zero:
         module.print(f"teacher cache: reusing {folder}")
     trainer.strategy.barrier("teacher_cache")
-    return CachedLogits(folder)
+    return CachedLogits(folder, settings.tail)
 
 
-def check_cached_logits(cached: Tensor, fresh: Tensor, top_k: int | None) -> None:
-    """Stop when the cache disagrees with the teacher on a training batch (inputs not deterministic)."""
+def check_cached_logits(cached: Tensor, fresh: Tensor, top_k: int | None, mask: Tensor | None = None) -> None:
+    """Stop when the cache disagrees with the teacher on a training batch (inputs not deterministic).
+
+    With ``mask`` (a causal LM's attention mask), only real tokens count: padding differs between batches.
+    """
+    if mask is not None:
+        cached, fresh = cached[mask.bool()], fresh[mask.bool()]
     if top_k is not None:
         kept = cached.topk(min(top_k, cached.shape[-1]), dim=-1).indices
         cached, fresh = cached.gather(-1, kept), fresh.gather(-1, kept)

@@ -33,8 +33,8 @@ def _count_teacher_calls(module) -> list:
     return calls
 
 
-def test_top_k_keeps_the_k_largest_and_gives_the_rest_no_probability(tmp_path):
-    logits = torch.randn(6, 5)
+def test_top_k_keeps_the_k_largest_and_the_rest_of_the_mass_or_none(tmp_path):
+    logits = torch.randn(6, 5) * 3
     write_cache(
         tmp_path / "c",
         [(torch.tensor([3, 1, 0]), logits[:3]), (torch.tensor([2, 4, 5]), logits[3:])],
@@ -42,14 +42,34 @@ def test_top_k_keeps_the_k_largest_and_gives_the_rest_no_probability(tmp_path):
         5,
         2,
     )
-    got = CachedLogits(tmp_path / "c").lookup(torch.tensor([0, 1, 2, 3, 4, 5]))
     want = logits[[2, 1, 3, 0, 4, 5]]
     top = want.topk(2, dim=-1)
-    assert torch.equal(got.gather(-1, top.indices), top.values)
-    probs = got.softmax(-1)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    dropped = CachedLogits(tmp_path / "c", tail="none").lookup(ids)
+    assert torch.equal(dropped.gather(-1, top.indices), top.values)
+    probs = dropped.softmax(-1)
     assert torch.allclose(probs.sum(-1), torch.ones(6)) and int((probs > 0).sum()) == 12
+    uniform = CachedLogits(tmp_path / "c").lookup(ids).softmax(-1)  # the teacher's own top-2 probabilities
+    teacher = want.softmax(-1)
+    torch.testing.assert_close(uniform.gather(-1, top.indices), teacher.gather(-1, top.indices))
+    rest = teacher.sum(-1) - teacher.gather(-1, top.indices).sum(-1)
+    torch.testing.assert_close(uniform.sum(-1) - uniform.gather(-1, top.indices).sum(-1), rest)
     loss = KDLoss(alpha=0.0, temperature=4.0)
-    assert torch.isfinite(loss(torch.randn(6, 5), got, None))
+    assert torch.isfinite(loss(torch.randn(6, 5), dropped, None))
+
+
+def test_per_token_rows_keep_their_tokens(tmp_path):
+    logits = torch.randn(3, 4, 50)  # 3 rows of 4 tokens; the second batch is 2 tokens long (padded rows)
+    batches = [(torch.tensor([2, 0]), logits[[2, 0]]), (torch.tensor([1]), logits[[1], :2])]
+    write_cache(tmp_path / "c", batches, rows=3, classes=50, top_k=8, positions=4)
+    cache = CachedLogits(tmp_path / "c")
+    got = cache.lookup(torch.tensor([0, 2]), length=4)
+    assert got.shape == (2, 4, 50)
+    top = logits[[0, 2]].topk(8, dim=-1)
+    torch.testing.assert_close(
+        got.softmax(-1).gather(-1, top.indices), logits[[0, 2]].softmax(-1).gather(-1, top.indices)
+    )
+    assert cache.lookup(torch.tensor([1]), length=2).shape == (1, 2, 50)
 
 
 def test_a_build_that_misses_rows_leaves_no_cache(tmp_path):

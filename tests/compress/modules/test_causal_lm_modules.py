@@ -3,6 +3,8 @@ the whole-logits loss, padded vocabularies are aligned, and bad pairs are refuse
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -120,13 +122,6 @@ def test_a_classifier_student_for_a_causal_lm_teacher_is_refused():
         DistillationModule(tiny_llama(), bert)
 
 
-def test_a_teacher_cache_for_a_causal_lm_is_refused():
-    with pytest.raises(ValueError, match="model.teacher_cache"):
-        DistillationModule(
-            tiny_llama(), StudentFromTeacher(num_hidden_layers=1), teacher_cache=TeacherCache()
-        )
-
-
 def test_a_bad_chunk_size_is_refused():
     with pytest.raises(ValueError, match="model.logit_chunk_size"):
         DistillationModule(tiny_llama(), StudentFromTeacher(num_hidden_layers=1), logit_chunk_size=0)
@@ -201,3 +196,20 @@ def test_a_student_with_another_tokenizer_is_refused(tmp_path, tokenizer_dir):
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path)  # MiniLM's WordPiece
     with pytest.raises(ValueError, match="model.student: its tokenizer .* differs from the teacher's"):
         DistillationModule("tiny-llama", str(tmp_path))
+
+
+@pytest.mark.parametrize("top_k", [None, 32])
+def test_the_teacher_cache_holds_per_token_logits(lm_data, tmp_path, top_k):
+    losses = []
+    for cache in (None, TeacherCache(directory=str(tmp_path), top_k=top_k)):
+        module = DistillationModule(
+            "tiny-llama", StudentFromTeacher(num_hidden_layers=2), teacher_cache=cache
+        )
+        losses.append(first_step(module, lm_data).loss)
+    if top_k is None:
+        torch.testing.assert_close(losses[0], losses[1])  # the cache gives the teacher's logits exactly
+    else:  # the top 32 of 1,024 tokens with the rest of the mass spread evenly: close, not equal
+        assert losses[0] != losses[1] and abs(losses[0] - losses[1]) < 0.05 * losses[0]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["positions"] == 32 and meta["classes"] == 1024
