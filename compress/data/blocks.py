@@ -37,7 +37,7 @@ def pack_blocks(
         raise ValueError("data.tokenizer: the tokenizer has no eos token to end documents; use one that has")
 
     def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]  # no truncation
         return {"input_ids": [row + [eos] for row in ids]}
 
     tokens = docs.map(encode, batched=True, remove_columns=docs.column_names, desc=f"tokenize {split}")
