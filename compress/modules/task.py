@@ -142,5 +142,12 @@ class TaskModule(L.LightningModule):
     def configure_callbacks(self) -> list:
         return self.evaluation.callbacks()
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # free the gradients now: Lightning zeroes them in the next step, after its forward and loss, which
+        # would keep one copy of them alive through that step (bench/kd_vs_trl.py). They are zeroed before
+        # every backward anyway, so the training is the same.
+        optimizer.zero_grad(set_to_none=True)
+
     def configure_optimizers(self):
         return self.optimization.configure(self, self.model.named_parameters())
