@@ -18,6 +18,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
+	$(BIN)/pip install -q -r bench/requirements.txt  # bench-only peers (TRL)
 	$(BIN)/python -m bench.run
 
 lint: setup

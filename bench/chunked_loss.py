@@ -54,6 +54,59 @@ def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int)
     return {"variant": variant, "seconds": statistics.median(times), "peak_mb": (peak - base) / 1024}
 
 
+GOALS = {"peak_mb": 0.3, "seconds": 1.1}  # chunked / naive, lower is better
+
+
+def compare(tokens: int, vocab: int, hidden: int, chunk: int, rounds: int) -> dict[str, list[dict]]:
+    """Each variant in a fresh process per round, alternating which goes first."""
+    flags = [f"--tokens={tokens}", f"--vocab={vocab}", f"--hidden={hidden}", f"--chunk={chunk}"]
+    runs: dict[str, list[dict]] = {"naive": [], "chunked": []}
+    for round_number in range(rounds):
+        order = ("naive", "chunked") if round_number % 2 == 0 else ("chunked", "naive")
+        for variant in order:
+            child = [sys.executable, __file__, "--one", variant, *flags]
+            result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+            runs[variant].append(result)
+            seconds, peak = result["seconds"], result["peak_mb"]
+            print(f"round {round_number + 1} {variant:8s} {seconds:.3f} s  {peak:.0f} MB", flush=True)
+    return runs
+
+
+def ratios(runs: dict[str, list[dict]], key: str) -> list[float]:
+    return [c[key] / n[key] for c, n in zip(runs["chunked"], runs["naive"], strict=True)]
+
+
+def verdict(values: list[float], goal: float) -> str:
+    """ "met" when every round meets the goal, "not met" when none does, else "not shown (straddles)"."""
+    if max(values) <= goal:
+        return "met"
+    return "not met" if min(values) > goal else "not shown (straddles)"
+
+
+def measure(quick: bool = False):
+    """`make bench`: peak memory and step time of the chunked loss against the naive one."""
+    from bench.common import Entry
+
+    tokens = 512 if quick else 2048
+    runs = compare(tokens, 49152, 576, 256, 1 if quick else 3)
+    names = {"peak_mb": "peak memory", "seconds": "step time"}
+    entries = []
+    for key, goal in GOALS.items():
+        values = ratios(runs, key)
+        said = verdict(values, goal)
+        entries.append(
+            Entry(
+                name=f"chunked / naive KD loss at {tokens} x 49,152: {names[key]}",
+                ratio=statistics.median(values),
+                goal=goal,
+                better="lower",
+                numbers={"round_ratios": [round(v, 4) for v in values], "verdict": said},
+                note=f"median of {len(values)} alternating rounds, a process per run; {said}",
+            )
+        )
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=2048)
@@ -63,37 +116,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: one variant
     args = parser.parse_args()
-    sizes = (args.tokens, args.vocab, args.hidden, args.chunk)
     if args.one:
-        print(json.dumps(one_run(args.one, *sizes)))
+        print(json.dumps(one_run(args.one, args.tokens, args.vocab, args.hidden, args.chunk)))
         return
-    runs: dict[str, list[dict]] = {"naive": [], "chunked": []}
-    for round_number in range(args.rounds):
-        order = ("naive", "chunked") if round_number % 2 == 0 else ("chunked", "naive")
-        for variant in order:
-            child = [sys.executable, __file__, "--one", variant, *_flags(args)]
-            result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
-            runs[variant].append(result)
-            print(
-                f"round {round_number + 1} {variant:8s} {result['seconds']:.3f} s  {result['peak_mb']:.0f} MB"
-            )
-    for measure, unit in (("peak_mb", "MB"), ("seconds", "s")):
-        ratios = [c[measure] / n[measure] for c, n in zip(runs["chunked"], runs["naive"], strict=True)]
-        naive = statistics.median(r[measure] for r in runs["naive"])
-        chunked = statistics.median(r[measure] for r in runs["chunked"])
+    runs = compare(args.tokens, args.vocab, args.hidden, args.chunk, args.rounds)
+    for key, unit in (("peak_mb", "MB"), ("seconds", "s")):
+        values = ratios(runs, key)
+        naive = statistics.median(r[key] for r in runs["naive"])
+        chunked = statistics.median(r[key] for r in runs["chunked"])
         print(
-            f"{measure}: chunked / naive = {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
-            f"{max(ratios):.3f}); medians {chunked:.3f} / {naive:.3f} {unit}"
+            f"{key}: chunked / naive = {statistics.median(values):.3f} (min {min(values):.3f}, max "
+            f"{max(values):.3f}); medians {chunked:.3f} / {naive:.3f} {unit}; goal <= {GOALS[key]}: "
+            f"{verdict(values, GOALS[key])}"
         )
-
-
-def _flags(args) -> list[str]:
-    return [
-        f"--tokens={args.tokens}",
-        f"--vocab={args.vocab}",
-        f"--hidden={args.hidden}",
-        f"--chunk={args.chunk}",
-    ]
 
 
 if __name__ == "__main__":

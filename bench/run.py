@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-MEASURES = ("overhead", "training", "anchors")
+MEASURES = ("overhead", "training", "anchors", "chunked_loss", "kd_vs_trl")
 RESULTS = Path("bench/results.json")
 DOC = Path("docs/performance.md")
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
