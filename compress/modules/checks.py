@@ -183,9 +183,17 @@ def check_chunk_size(chunk_size: int | None) -> None:
         )
 
 
-def check_same_tokenizer(teacher: str, student: str) -> None:
-    """Token-level distillation compares next-token distributions: the two causal LMs' tokenizers (when
-    both folders have one) must be the same."""
+def check_same_tokenizer(teachers, student) -> None:
+    """Token-level distillation compares next-token distributions: a causal-LM student given as a folder or
+    alias must have the tokenizer of every teacher given as one (when both folders hold a tokenizer)."""
+    if not isinstance(student, str):
+        return
+    for teacher in teachers if isinstance(teachers, (list, tuple)) else [teachers]:
+        if isinstance(teacher, str):
+            _check_tokenizer_pair(teacher, student)
+
+
+def _check_tokenizer_pair(teacher: str, student: str) -> None:
     try:
         ours, theirs = load_tokenizer(student, "model.student"), load_tokenizer(teacher, "model.teacher")
     except ValueError:  # a folder without tokenizer files: the data's tokenizer is checked in setup

@@ -149,10 +149,8 @@ class DistillationModule(L.LightningModule):
         for t in self.teachers:
             check_teacher_student(t, self.student, num_labels)
         if self.task == "causal_lm":
-            for source in teacher if isinstance(teacher, list) else [teacher]:
-                student_source = recipe.source if isinstance(recipe, StudentFromTeacher) else recipe
-                if isinstance(source, str) and isinstance(student_source, str):
-                    check_same_tokenizer(source, student_source)
+            student_source = recipe.source if isinstance(recipe, StudentFromTeacher) else recipe
+            check_same_tokenizer(teacher, student_source)
         check_distillation_settings(len(self.teachers), intermediate, teacher_cache)
         check_chunk_size(logit_chunk_size)
         self.logit_chunk_size = logit_chunk_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -114,7 +115,18 @@ def check_fit_settings(name: str, config: dict[str, Any], overrides: list[str]) 
         except _Parsed:
             return
         except ArgumentError as err:
-            raise ValueError(f"stages.{name}.fit: {err}") from err
+            raise ValueError(f"stages.{name}.fit: {_readable(err)}") from err
+
+
+def _readable(err: ArgumentError) -> str:
+    """jsonargparse nests a setting's error under each class it belongs to (``Parser key "data": ...
+    Parser key "batch_size": Expected ...``): lead with the dotted setting and the innermost complaint."""
+    text = str(err)
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    expected = re.findall(r"Expected [^\n]*", text)
+    if len(keys) > 1 and expected:
+        return f"{'.'.join(keys)}: {expected[0].strip()} (parser: {text})"
+    return text
 
 
 def read_manifest(folder: Path) -> dict:
