@@ -1,10 +1,12 @@
 """KD against CE-only training of a causal-LM student, at equal steps and tokens, over several seeds.
 
-``python -m bench.lm_kd_vs_ce [--seeds 0 1 2] [--steps 40] [--block-size 64] [--batch-size 4]``
+``python -m bench.lm_kd_vs_ce [--seeds 0 1 2] [--steps 40] [--block-size 64] [--batch-size 4]
+[--variants untrained kd ce]``
 
 The teacher is SmolLM2-135M-Instruct (offline alias ``smollm2-135m``); the student keeps 10 of its 30
 layers (the first and last five, as configs/examples/distill_smollm2.yaml) and trains fully on packed BBC
-News blocks. ``kd`` is the example config's loss (generalized JSD, beta 0.5, T = 1, no hard term); ``ce``
+News blocks. ``kd`` is the example config's loss (generalized JSD, beta 0.5, T = 1, no hard term),
+``kd_forward`` the forward KL at T = 1 (no hard term); ``ce``
 is next-token cross-entropy only (``KDLoss(alpha=1.0)``: the same module, data, steps, tokens and learning
 rate; the teacher still runs, but only for evaluation). Per seed (the data split and training order, and
 the student's dropout) both variants start from the same student; after training each is validated on
@@ -31,8 +33,10 @@ from compress.peft import StudentFromTeacher
 LAYERS = [0, 1, 2, 3, 4, 25, 26, 27, 28, 29]
 LOSSES = {
     "kd": KDLoss(alpha=0.0, temperature=1.0, divergence="jsd", beta=0.5),
+    "kd_forward": KDLoss(alpha=0.0, temperature=1.0, divergence="forward_kl"),
     "ce": KDLoss(alpha=1.0),
 }
+VARIANTS = ("untrained", *LOSSES)
 KEYS = ("val/perplexity", "val/kl", "val/top1_agreement", "val/teacher_perplexity")
 
 
@@ -42,7 +46,7 @@ def run(teacher, variant: str, seed: int, args) -> dict:
         "bbc_news", "smollm2-135m", block_size=args.block_size, test_size=50, val_size=50,
         batch_size=args.batch_size, eval_batch_size=8, seed=seed,
     )  # fmt: skip
-    loss = LOSSES.get(variant, LOSSES["kd"])
+    loss = LOSSES.get(variant, LOSSES["ce"])  # the untrained student is only validated
     module = DistillationModule(teacher, StudentFromTeacher(layers=LAYERS), loss, learning_rate=args.lr)
     trainer = Trainer(
         max_steps=args.steps, limit_val_batches=args.eval_batches, logger=False, enable_checkpointing=False,
@@ -68,24 +72,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval-batches", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["untrained", "kd", "ce"])
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     teacher = load_teachers("smollm2-135m")[0]
     results = []
     for seed in args.seeds:
-        for variant in ("untrained", "kd", "ce"):
+        for variant in args.variants:
             results.append(run(teacher, variant, seed, args))
             print(json.dumps(results[-1]), flush=True)
     by = {(r["variant"], r["seed"]): r for r in results}
     print(f"\n{len(args.seeds)} seeds, {args.steps} steps of {args.batch_size} x {args.block_size} tokens:")
-    for key in KEYS[:3]:
-        gaps = [by["kd", s][key] - by["ce", s][key] for s in args.seeds]
-        print(f"  {key}: KD - CE {spread(gaps)}")
-    for variant in ("untrained", "kd", "ce"):
+    for kd in [v for v in args.variants if v.startswith("kd")] if "ce" in args.variants else []:
+        for key in KEYS[:3]:
+            gaps = [by[kd, s][key] - by["ce", s][key] for s in args.seeds]
+            print(f"  {key}: {kd} - ce {spread(gaps)}")
+    for variant in args.variants:
         ppl = [by[variant, s]["val/perplexity"] for s in args.seeds]
         kl = [by[variant, s]["val/kl"] for s in args.seeds]
         print(f"  {variant}: perplexity {spread(ppl, '')}, KL {spread(kl, '')}")
-    teacher_ppl = [by["kd", s]["val/teacher_perplexity"] for s in args.seeds]
+    teacher_ppl = [by[args.variants[0], s]["val/teacher_perplexity"] for s in args.seeds]
     print(f"  teacher perplexity {spread(teacher_ppl, '')}")
 
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from compress.callbacks import ExactResume, StopOnNonFiniteLoss
 from compress.distill.causal_lm import NextTokens
 from compress.distill.losses import IGNORE_INDEX
+from compress.modules.evaluation import Evaluation
 
 
-class LanguageModelEvaluation(nn.Module):
+class LanguageModelEvaluation(Evaluation):
     """The evaluation metrics of a causal-LM module and the bodies of its evaluation hooks.
 
     Logs ``<split>/loss`` (mean next-token cross-entropy), ``<split>/perplexity`` and, with a teacher,
@@ -53,28 +53,11 @@ class LanguageModelEvaluation(nn.Module):
             )
         return nn.ModuleDict(metrics)
 
-    def reset(self) -> None:
-        """Fresh metric states, at fit start: states left by a ``trainer.validate`` (inference tensors) cannot
-        be updated in place by fit's validation, which Lightning runs without inference mode."""
-        for metric in self.modules():
-            if isinstance(metric, Metric):
-                metric.reset()
-
     def validation_step(self, module: LightningModule, batch: dict[str, Tensor]) -> None:
         self._evaluate(module, batch, "val")
 
     def test_step(self, module: LightningModule, batch: dict[str, Tensor]) -> None:
         self._evaluate(module, batch, "test")
-
-    @staticmethod
-    def predict_step(module: LightningModule, batch: dict[str, Tensor]) -> Tensor:
-        """The most likely next token at each position."""
-        return module(batch).argmax(-1)
-
-    @staticmethod
-    def callbacks() -> list[Callback]:
-        """Exact resume and the stop on a non-finite loss, added to every fit of the module."""
-        return [ExactResume(), StopOnNonFiniteLoss()]
 
     def _evaluate(self, module: LightningModule, batch: dict[str, Tensor], split: str) -> None:
         tokens = NextTokens.of(batch)
