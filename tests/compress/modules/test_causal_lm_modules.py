@@ -213,3 +213,14 @@ def test_the_teacher_cache_holds_per_token_logits(lm_data, tmp_path, top_k):
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["positions"] == 32 and meta["classes"] == 1024
+
+
+def test_hidden_state_matching_trains_a_causal_lm_student():
+    from compress.distill.intermediate import IntermediateDistillation
+
+    module = DistillationModule(
+        tiny_llama(seed=1), StudentFromTeacher(layers=[1, 3]), intermediate=IntermediateDistillation()
+    )
+    seen = first_step(module)  # the whole-logits path, with the matched layers' term added
+    assert torch.isfinite(seen.loss) and seen.grads
+    assert set(module.trainer.callback_metrics) >= {"train/hidden", "train/soft", "train/hard"}
