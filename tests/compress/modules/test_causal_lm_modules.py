@@ -224,3 +224,33 @@ def test_hidden_state_matching_trains_a_causal_lm_student():
     seen = first_step(module)  # the whole-logits path, with the matched layers' term added
     assert torch.isfinite(seen.loss) and seen.grads
     assert set(module.trainer.callback_metrics) >= {"train/hidden", "train/soft", "train/hard"}
+
+
+def test_a_run_resumed_mid_epoch_ends_like_an_uninterrupted_one(tmp_path):
+    from lightning.pytorch import Callback, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from compress.data import LanguageModelingDataModule
+
+    class StopAt(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.global_step >= 3
+
+    def run(root, ckpt_path=None, callbacks=()):
+        seed_everything(3)
+        data = LanguageModelingDataModule(
+            "bbc_news", "tiny-llama", block_size=32, max_train_documents=4, max_eval_documents=2, batch_size=4
+        )
+        module = DistillationModule("tiny-llama", StudentFromTeacher(num_hidden_layers=2), warmup_ratio=0.3)
+        checkpoint = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
+        trainer = quick_trainer(root, steps=6, callbacks=[checkpoint, *callbacks], limit_val_batches=0)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module
+
+    straight = run(tmp_path / "a")
+    assert run(tmp_path / "b", callbacks=[StopAt()]).trainer.global_step == 3  # mid-epoch, checkpointed
+    seed_everything(99)  # the resumed run must not depend on the process's RNG at resume time
+    resumed = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.trainer.global_step == 6
+    for name, weight in straight.student.state_dict().items():
+        assert torch.equal(weight, resumed.student.state_dict()[name]), name
