@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import auto_cli
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from compress.data import TextClassificationDataModule, split_rows
 from compress.export import export_hf, export_onnx
 from compress.export.folder import atomic_output, check_output
-from compress.modules.loading import count_parameters, load_teacher, resolve_source
+from compress.modules.loading import count_parameters, load_teacher, resolve_source, task_of
 
 
 def main(argv: list[str] | None = None, prog: str = "compress export") -> None:
@@ -46,12 +46,18 @@ def export_model(
         adapters: a `compress multitask` output folder (``base/``, ``adapters/<task>/``) to ship along.
         overwrite: replace an existing ``output`` folder.
     """
+    source = Path(resolve_source(model, "model"))
+    if task_of(AutoConfig.from_pretrained(source)) == "causal_lm":
+        raise ValueError(
+            f"model: {model!r} is a causal language model; `compress export` writes classifiers only so far "
+            "(causal-LM export, with GGUF, is planned): save it with save_pretrained and its tokenizer, as "
+            "docs/language-models.md shows"
+        )
     out = check_output(output, overwrite, "output")
     if trim_vocabulary and not data:
         raise ValueError(
             "trim_vocabulary: needs `data` (the settings whose training rows define the vocabulary)."
         )
-    source = Path(resolve_source(model, "model"))
     hf_model = load_teacher(str(source), "model").eval()  # a fine-tuned classifier, not a random head
     tokenizer = AutoTokenizer.from_pretrained(source)
     result: dict[str, Any] = {"parameters_before": count_parameters(hf_model)}
