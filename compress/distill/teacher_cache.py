@@ -186,7 +186,6 @@ class CachedLogits:
         return torch.from_numpy(np.ascontiguousarray(array[ids, :length] if per_token else array[ids]))
 
 
-def bytes_per_row(meta: dict) -> int:
+def bytes_per_row(classes: int, top_k: int | None) -> int:
     """Bytes the cache stores per row, or per token for per-token rows."""
-    classes, top_k = meta["classes"], meta["top_k"]
     return 4 * classes if top_k is None or top_k >= classes else 8 * top_k + 4

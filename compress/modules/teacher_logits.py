@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -104,7 +103,7 @@ def open_teacher_cache(settings: TeacherCache, module: L.LightningModule, traine
         unit = "token" if causal else "row"
         module.print(
             f"teacher cache: {rows} rows in {time.perf_counter() - start:.1f} s, "
-            f"{bytes_per_row(json.loads((folder / 'meta.json').read_text())):,} bytes per {unit} -> {folder}"
+            f"{bytes_per_row(classes, settings.top_k):,} bytes per {unit} -> {folder}"
         )
     elif trainer.is_global_zero:
         module.print(f"teacher cache: reusing {folder}")
