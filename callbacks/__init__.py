@@ -7,6 +7,8 @@ Available now:
   resumable (param groups and scheduler rebuilt before the optimizer state is restored).
 - `MagnitudePruning`: gradual (cubic) magnitude pruning, global/per-layer or N:M, masks kept in the
   callback's state so checkpoints stay plain and resume is exact.
+- `KeepSparsity`: holds a pruned model's zeros (Wanda, SparseGPT, magnitude one-shot) at zero while it
+  recovers; the masks resume exactly.
 - `L1Sparsity`: L1 or group-lasso penalty (subgradient or proximal), with a warm-up for its strength.
 - `StructuredPruning`: removes attention heads and FFN channels (torch-pruning), once or in rounds;
   optimizers follow the new shapes and a resumed run replays the pruning history before loading weights.
@@ -30,6 +32,7 @@ Example:
 from .exact_resume import ExactResume
 from .export_on_fit_end import ExportOnFitEnd
 from .gradual_unfreezing import GradualUnfreezing
+from .keep_sparsity import KeepSparsity
 from .l1_sparsity import L1Sparsity
 from .magnitude_pruning import MagnitudePruning
 from .stop_on_non_finite_loss import StopOnNonFiniteLoss
@@ -39,6 +42,7 @@ __all__ = [
     "ExactResume",
     "ExportOnFitEnd",
     "GradualUnfreezing",
+    "KeepSparsity",
     "L1Sparsity",
     "MagnitudePruning",
     "StopOnNonFiniteLoss",

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,48 @@ def test_fit_the_tiny_causal_lm_config(tmp_path):
     assert type(cli.datamodule).__name__ == "LanguageModelingDataModule" and cli.model.task == "causal_lm"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 5 and "val/kl" in cli.trainer.callback_metrics
+
+
+def test_prune_then_recover_the_tiny_llm_from_yaml(tmp_path, capsys):
+    pruned = tmp_path / "pruned"
+    main(["prune", "--model", "tiny-llama", "--output", str(pruned), "--remove_layers", "1",
+          "--method", "wanda", "--num_sequences", "8", "--eval_batches", "1"])  # fmt: skip
+    record = json.loads((pruned / "pruning.json").read_text())
+    assert record["structure"]["num_hidden_layers"] == 3 and record["sparsity"] == 0.5
+    assert "[prune]" in capsys.readouterr().out
+    cli = CompressCLI(args=["--config", "configs/tiny/recover_lm.yaml", f"--model.init_args.student={pruned}",
+                            f"--trainer.default_root_dir={tmp_path}"], run=False)  # fmt: skip
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 5 and "val/kl" in cli.trainer.callback_metrics
+    weight = cli.model.student.get_parameter("model.layers.0.mlp.up_proj.weight")
+    assert float((weight == 0).float().mean()) == 0.5  # KeepSparsity held Wanda's zeros
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "Nothing to prune"),
+        (["--method", "wanda", "--sparsity", "0.3", "--pattern", "2:4"], "contradicts pattern"),
+        (["--ffn_ratio", "1.5"], "ffn_ratio must be in"),
+    ],
+)
+def test_prune_refuses_bad_settings_before_writing(tmp_path, extra, message):
+    from compress.commands.prune import prune_model
+
+    kwargs = {"model": "tiny-llama", "output": str(tmp_path / "out")}
+    args = dict(zip([a.lstrip("-") for a in extra[::2]], extra[1::2], strict=True))
+    typed = {k: (float(v) if k in ("sparsity", "ffn_ratio") else v) for k, v in args.items()}
+    with pytest.raises(ValueError, match=message):
+        prune_model(**kwargs, **typed, eval_batches=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prune_refuses_an_output_that_holds_the_model_and_a_classifier(tmp_path, tiny_teacher_dir):
+    from compress.assets import resolve_model_source
+    from compress.commands.prune import prune_model
+
+    source = resolve_model_source("tiny-llama")
+    with pytest.raises(ValueError, match="holds the model being pruned"):
+        prune_model("tiny-llama", str(source), ffn_ratio=0.5, overwrite=True)
+    with pytest.raises(ValueError, match="not a causal language model"):
+        prune_model(str(tiny_teacher_dir), str(tmp_path / "x"), ffn_ratio=0.5)

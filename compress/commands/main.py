@@ -8,6 +8,7 @@ Example:
     compress pipeline --config configs/pipelines/tiny.yaml
     compress multitask --config configs/multitask/three_tasks.yaml
     compress export --model runs/default/stages/pruned/model --output runs/my_export --int8 true
+    compress prune --model smollm2-135m --output runs/pruned --remove_layers 10
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("compress.commands.pipeline.run", "the default pipeline (real teacher and data, CPU)"),
     "multitask": ("compress.commands.multitask", "one adapter and head per task on a frozen base"),
     "export": ("compress.commands.export", "a trained model as stock HF folder, ONNX, int8, adapters"),
+    "prune": ("compress.commands.prune", "a causal LM pruned in depth, width or one-shot sparsity"),
 }
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 

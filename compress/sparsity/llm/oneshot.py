@@ -78,7 +78,7 @@ def prune_oneshot(
         damp: SparseGPT's dampening, a fraction of the mean Hessian diagonal.
         progress: show a progress bar over the layers.
     """
-    settings = _checked_settings(method, sparsity, pattern, block_size, damp)
+    settings = oneshot_settings(method, sparsity, pattern, block_size, damp)
     decoder = decoder_of(model)
     layers = _decoder_linears(model, decoder.layers)
     _check_groups(layers, settings.nm, pattern)
@@ -110,7 +110,7 @@ class _Settings:
     damp: float
 
 
-def _checked_settings(
+def oneshot_settings(
     method: str, sparsity: float | None, pattern: str | None, block_size: int, damp: float
 ) -> _Settings:
     """The settings to prune with; a ValueError (TypeError) naming any bad argument and its fix."""
