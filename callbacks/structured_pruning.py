@@ -1,5 +1,7 @@
 """`StructuredPruning`: remove attention heads and FFN channels during training, with exact resume.
 
+It prunes BERT-style encoders and Llama-family causal LMs (`compress.sparsity.layouts`).
+
 Example:
     >>> from lightning.pytorch import Trainer
     >>> from compress.callbacks.structured_pruning import StructuredPruning
@@ -9,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,23 +20,20 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from compress.sparsity.structured import (
-    ImportanceName,
-    Structure,
-    applied_history,
-    check_ratio,
-    find_prunable_model,
-    original_structure,
-    plan_pruning,
-    removal_counts,
-    replay_history,
-    restore_history,
-    structure_of,
+from compress.sparsity.layouts import (
+    HEAD_UNITS,
+    IMPORTANCE_CHOICES,
+    HeadUnit,
+    ImportanceChoice,
+    StructuredPruner,
+    restore_pruning_history,
+    structured_pruner,
 )
+from compress.sparsity.structured import check_ratio, find_prunable_model
 
 STATE_PREFIX = "StructuredPruning"
 
@@ -41,13 +41,22 @@ STATE_PREFIX = "StructuredPruning"
 class StructuredPruning(Callback):
     """Physically removes ``head_ratio`` of the attention heads and ``ffn_ratio`` of the FFN channels.
 
+    Two layouts (`compress.sparsity.layouts`): BERT-style encoders, pruned through torch-pruning
+    (`compress.sparsity.structured`), and Llama-family causal LMs (Llama, SmolLM2, Mistral, Qwen2/3;
+    `compress.sparsity.llm`). In a decoder, ``head_ratio`` counts key/value groups (``head_unit="groups"``:
+    a group goes with its query heads) or query heads within every group (``head_unit="heads"``: the
+    key/value heads stay), every layer keeps the same widths, the config follows (``save_pretrained`` gives
+    a stock folder), and the units go by ``activation`` importance (Minitron: mean activations on the batch
+    about to be trained, without gradients, in eval mode). LoRA on a decoder is refused: prune first
+    (`compress.sparsity.prune_llm`, or this callback without an adapter), then attach LoRA.
+
     Pruning happens at the start of the training batch once ``at_step`` optimizer steps are done, or in
     rounds at ``steps`` (a list, or ``num_steps`` evenly spaced from ``start_step`` to ``end_step``). Ratios
     are cumulative shares of the model before any structured pruning: round k of n removes what is missing
     to reach k/n of them, so the targets are met at the last round. What the model may lose follows
     `compress.sparsity.structured`: never the teacher, adapters or head; the hidden size stays; LoRA is
-    merged, then restarts from zero. ``taylor`` importance uses the gradient of the model's own loss on the
-    batch about to be trained (dict batches with ``labels``).
+    merged, then restarts from zero (encoders). ``taylor`` importance uses the gradient of the model's own
+    loss on the batch about to be trained (dict batches with ``labels``).
 
     After a round the optimizers keep their param groups and LR schedulers (the schedule continues at its
     step), with the new, smaller parameters in place of the old; their optimizer state (Adam moments)
@@ -67,14 +76,18 @@ class StructuredPruning(Callback):
     Args:
         head_ratio: fraction of the attention heads removed, in [0, 1).
         ffn_ratio: fraction of the intermediate (FFN) channels removed, in [0, 1).
-        importance: ``magnitude`` or ``taylor``.
+        importance: ``magnitude`` or ``taylor`` (encoders; default ``magnitude``), ``activation`` (decoders:
+            their only and default choice).
+        head_unit: ``groups`` (default): whole key/value groups, i.e. an encoder's heads; ``heads``: query
+            heads within every group of a decoder (refused for an encoder, whose groups have one head).
         at_step: prune once, after this many optimizer steps (default 0: before training).
         steps: prune in rounds, after these numbers of optimizer steps.
         start_step: first round of an evenly spaced schedule (with ``end_step`` and ``num_steps``).
         end_step: last round of the evenly spaced schedule.
         num_steps: number of rounds of the evenly spaced schedule.
         uniform_per_layer: every layer keeps as many heads/channels as the others; otherwise the least
-            important units are removed wherever they are.
+            important units are removed wherever they are (encoders only: a stock decoder config has one
+            width for all layers).
         module: attribute of the LightningModule holding the model to prune (default: the single Hugging Face
             model in it that is not a teacher).
 
@@ -89,7 +102,7 @@ class StructuredPruning(Callback):
         self,
         head_ratio: float = 0.0,
         ffn_ratio: float = 0.0,
-        importance: ImportanceName = "magnitude",
+        importance: ImportanceChoice | None = None,
         at_step: int | None = None,
         steps: Sequence[int] | None = None,
         start_step: int | None = None,
@@ -97,18 +110,25 @@ class StructuredPruning(Callback):
         num_steps: int | None = None,
         uniform_per_layer: bool = True,
         module: str | None = None,
+        head_unit: HeadUnit = "groups",
     ) -> None:
         check_ratio("StructuredPruning.head_ratio", head_ratio)
         check_ratio("StructuredPruning.ffn_ratio", ffn_ratio)
-        if importance not in ("magnitude", "taylor"):
-            raise ValueError(f"StructuredPruning.importance: {importance!r} must be 'magnitude' or 'taylor'")
+        if importance not in (None, *IMPORTANCE_CHOICES):
+            raise ValueError(
+                f"StructuredPruning.importance: {importance!r} must be one of {IMPORTANCE_CHOICES}"
+            )
+        if head_unit not in HEAD_UNITS:
+            raise ValueError(f"StructuredPruning.head_unit: {head_unit!r} must be one of {HEAD_UNITS}")
         self.head_ratio, self.ffn_ratio, self.importance = head_ratio, ffn_ratio, importance
+        self.head_unit = head_unit
         self.steps = _schedule(at_step, steps, start_step, end_step, num_steps)
         self.uniform_per_layer = uniform_per_layer
         self.module = module
-        self.history: list[dict] = []  # the model's removals so far, in order (compress.sparsity.structured)
+        self.history: list[dict] = []  # the model's removals so far, in order (compress.sparsity.layouts)
         self.rounds_done = 0
-        self._original: Structure | None = None  # before any structured pruning: what the ratios refer to
+        self._pruner: StructuredPruner | None = None  # the layout's, chosen in setup
+        self._original: Any = None  # its structure before any pruning: what the ratios refer to
 
     @property
     @override
@@ -140,17 +160,18 @@ class StructuredPruning(Callback):
                 "single-process run, then train the pruned model with DDP"
             )
         model = self._model(pl_module)
-        self._original = original_structure(model)
-        heads, channels = removal_counts(
-            structure_of(model), self.head_ratio, self.ffn_ratio, self.uniform_per_layer, self._original
-        )
-        if not any(heads) and not any(channels):
+        with _named_settings():
+            self._pruner = structured_pruner(model, self.importance, self.head_unit, self.uniform_per_layer)
+            shares = [(k + 1) / len(self.steps) for k in range(len(self.steps))]
+            self._pruner.check(model, self.head_ratio, self.ffn_ratio, shares)
+        self._original = self._pruner.original(model)
+        if not self._pruner.removes_something(model, self.head_ratio, self.ffn_ratio, self._original):
             raise ValueError(
                 f"StructuredPruning: head_ratio={self.head_ratio} and ffn_ratio={self.ffn_ratio} remove "
-                f"nothing from layers with heads {self._original.heads} and channels "
-                f"{self._original.channels} (counts are rounded down, earlier removals count); raise a ratio"
+                f"nothing from {self._pruner.describe(self._original)} (counts are rounded down, earlier "
+                "removals count); raise a ratio"
             )
-        self.history, self.rounds_done = applied_history(model), 0
+        self.history, self.rounds_done = self._pruner.applied(model), 0
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -168,24 +189,18 @@ class StructuredPruning(Callback):
         share = self.rounds_done / len(self.steps)  # cumulative: the last round reaches the targets
         model = self._model(pl_module)
         before = dict(model.named_parameters())
-        plan = plan_pruning(
-            model,
-            self.head_ratio * share,
-            self.ffn_ratio * share,
-            self.importance,
-            batch=_model_batch(batch, self.importance),
-            uniform_per_layer=self.uniform_per_layer,
-            of=self._original,
-        )
+        with _named_settings():
+            plan = self._pruner.plan(
+                model, self.head_ratio * share, self.ffn_ratio * share, batch, self._original
+            )
         if plan:
-            replay_history(model, plan)
-            self.history = applied_history(model)
+            self._pruner.replay(model, plan)
+            self.history = self._pruner.applied(model)
             _swap_parameters(trainer.optimizers, before, dict(model.named_parameters()))
-        now = structure_of(model)
         rank_zero_info(
             f"StructuredPruning: step {trainer.global_step}, round {self.rounds_done}/{len(self.steps)}: "
-            f"heads {now.heads}, channels {now.channels}; {sum(p.numel() for p in model.parameters()):,} "
-            "parameters"
+            f"{self._pruner.describe(self._pruner.structure(model))}; "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters"
         )
 
     def _restore_on_read(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -194,7 +209,7 @@ class StructuredPruning(Callback):
         def restore(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state is not None:
-                restore_history(self._model(pl_module), state["history"])
+                restore_pruning_history(self._model(pl_module), state["history"])
 
         io = _ReplayingCheckpointIO.without(trainer.strategy.checkpoint_io, self)  # never stacked twice
         trainer.strategy.checkpoint_io = _ReplayingCheckpointIO(io, self, restore)
@@ -224,15 +239,15 @@ def load_pruned_checkpoint(
     Example:
         >>> from compress.modules import TaskModule
         >>> model = load_pruned_checkpoint(TaskModule, "runs/pruned/last.ckpt", model="runs/pruned/student")
-        >>> structure_of(model.model).channels
-        [32, 32]
+        >>> model.model.config.intermediate_size
+        32
     """
     map_location = kwargs.pop("map_location", "cpu")
     checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=weights_only)
     saved = checkpoint.get(module_class.CHECKPOINT_HYPER_PARAMS_KEY, {})
     hparams = {k: v for k, v in saved.items() if not k.startswith("_")}  # not LightningCLI's own keys
     loaded = module_class(**{**hparams, **kwargs})
-    restore_history(find_prunable_model(loaded, module), checkpoint_history(checkpoint))
+    restore_pruning_history(find_prunable_model(loaded, module), checkpoint_history(checkpoint))
     loaded.on_load_checkpoint(checkpoint)
     loaded.load_state_dict(checkpoint["state_dict"])
     return loaded
@@ -324,15 +339,13 @@ def _schedule(
     return steps
 
 
-def _model_batch(batch: Any, importance: str) -> Mapping[str, Tensor] | None:
-    if importance != "taylor":
-        return None
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"StructuredPruning(importance='taylor') needs dict batches with input_ids and labels, got "
-            f"{type(batch).__name__}; use importance='magnitude'"
-        )
-    return batch
+@contextlib.contextmanager
+def _named_settings() -> Iterator[None]:
+    """The layouts' errors name a setting (``head_unit: ...``); this names the callback too."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"StructuredPruning.{error}") from error
 
 
 def _swap_parameters(

@@ -51,7 +51,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         max_length: truncation length in tokens; batches are padded to their longest row only.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
-        seed: seed of every split.
+        seed: seed of every split (and of the training order unless ``order_seed`` is given).
+        order_seed: seed of the training order alone: runs that differ only in it see the same splits.
         num_workers: DataLoader workers.
         bucket_by_length: form training batches of rows of similar length (sorted within spans of 50
             shuffled batches, batches then shuffled): far less padding, so faster steps on the same rows.
@@ -79,6 +80,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         bucket_by_length: bool = False,
+        order_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -172,7 +174,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         if shuffle:
             lengths = token_lengths(dataset) if self.hparams.bucket_by_length else None
             ranks = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = EpochShuffle(len(dataset), self.hparams.seed, lengths, batch_size, *ranks)
+            order = self.hparams.seed if self.hparams.order_seed is None else self.hparams.order_seed
+            sampler = EpochShuffle(len(dataset), order, lengths, batch_size, *ranks)
         collate = DynamicPadding(self.tokenizer, self.teacher_tokenizer)
         return DataLoader(
             dataset,

@@ -1,4 +1,4 @@
-"""`KeepSparsity`: one-shot-pruned students recover by distillation with their zeros kept, and resume exactly."""
+"""`KeepSparsity`: one-shot-pruned students recover by distillation with their zeros kept; exact resume."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_lora_recovery_then_the_masked_merge_keeps_the_sparsity():
     for name, keep in masks.items():
         weight = merged.get_parameter(name)
         assert bool((weight[~keep] == 0).all()), name
-    assert not torch.equal(merged.get_parameter("model.layers.0.self_attn.q_proj.weight"), student_dense_copy())
+    assert not torch.equal(
+        merged.get_parameter("model.layers.0.self_attn.q_proj.weight"), student_dense_copy()
+    )
 
 
 def student_dense_copy() -> torch.Tensor:
@@ -120,4 +122,6 @@ def test_masks_of_another_model_are_refused(masks, message):
     student, _ = pruned_student()
     module = DistillationModule(tiny_llama(seed=1), student, KD)
     with pytest.raises(ValueError, match=message):
-        quick_trainer(steps=1, callbacks=[KeepSparsity(masks=masks)], limit_val_batches=0).fit(module, batches())
+        quick_trainer(steps=1, callbacks=[KeepSparsity(masks=masks)], limit_val_batches=0).fit(
+            module, batches()
+        )

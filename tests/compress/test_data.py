@@ -94,6 +94,15 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tiny_data_kwargs):
     assert list(sampler) == first and sorted(first) == list(range(36))
 
 
+def test_order_seed_changes_the_training_order_but_not_the_splits(tiny_data_kwargs):
+    plain = TextClassificationDataModule(**tiny_data_kwargs)
+    reordered = TextClassificationDataModule(**tiny_data_kwargs, order_seed=7)
+    assert list(plain.train_dataloader().sampler) != list(reordered.train_dataloader().sampler)
+    for split in ("train", "validation", "test"):
+        rows = [dm.splits[split].with_format(None)["input_ids"] for dm in (plain, reordered)]
+        assert rows[0] == rows[1]
+
+
 def test_length_buckets_cut_padding_and_keep_every_row_once():
     lengths = [(7 * i) % 61 + 3 for i in range(403)]
     plain, bucketed = EpochShuffle(403, 0), EpochShuffle(403, 0, lengths, batch_size=8)

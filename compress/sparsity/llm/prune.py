@@ -71,7 +71,7 @@ def prune_llm(
     _check_plain(model)
     removed = _removed_layers(decoder, remove_layers, layers)
     counts = _unit_counts(decoder, ffn_ratio, head_ratio, head_unit, hidden_ratio)
-    _check_config(
+    check_pruned_config(
         decoder, len(decoder.layers) - (len(removed) if removed else remove_layers), counts, head_unit
     )
     scores = llm_importance(
@@ -82,11 +82,11 @@ def prune_llm(
     kept = [i for i in range(len(decoder.layers)) if i not in set(removed)]
     keep_layers(decoder, kept)  # width scores below stay indexed by the original layer
     if counts["ffn"]:
-        keep_ffn_channels(decoder, [_most(scores.ffn[i], counts["ffn"]) for i in kept])
+        keep_ffn_channels(decoder, [most_important(scores.ffn[i], counts["ffn"]) for i in kept])
     if counts["heads"]:
-        keep_heads(decoder, [_kept_heads(decoder, scores, i, head_unit, counts["heads"]) for i in kept])
+        keep_heads(decoder, [heads_to_keep(decoder, scores, i, head_unit, counts["heads"]) for i in kept])
     if counts["hidden"]:
-        keep_hidden(decoder, _most(scores.hidden, counts["hidden"]))
+        keep_hidden(decoder, most_important(scores.hidden, counts["hidden"]))
     return model
 
 
@@ -141,8 +141,12 @@ def _count(name: str, ratio: float, total: int, what: str) -> int:
     return removed
 
 
-def _check_config(decoder: Decoder, layers: int, counts: dict[str, int], unit: HeadUnit) -> None:
-    """Refuse, before any work, a shape that the model's own config class would not reload."""
+def check_pruned_config(decoder: Decoder, layers: int, counts: dict[str, int], unit: HeadUnit) -> None:
+    """Refuse, before any work, a shape that the model's own config class would not reload.
+
+    ``counts`` holds the units removed from the model as it is: ``"ffn"`` channels and ``"heads"`` (key/value
+    groups or query heads per group, after ``unit``) per layer, and ``"hidden"`` channels.
+    """
     config = decoder.config
     per_group = decoder.heads // decoder.kv_heads
     groups = decoder.kv_heads - (counts["heads"] if unit == "groups" else 0)
@@ -166,19 +170,24 @@ def _check_config(decoder: Decoder, layers: int, counts: dict[str, int], unit: H
         ) from error
 
 
-def _kept_heads(
+def heads_to_keep(
     decoder: Decoder, scores: Importance, layer: int, unit: HeadUnit, removed: int
 ) -> torch.Tensor:
+    """Sorted query heads of ``layer`` that stay when the ``removed`` least important units of ``unit`` go.
+
+    ``"groups"``: whole key/value groups, ranked by their query heads' summed scores; ``"heads"``: the same
+    number of query heads within every group.
+    """
     per_group = decoder.heads // decoder.kv_heads
     if unit == "groups":
-        groups = _most(scores.groups(layer, decoder.kv_heads), removed)
+        groups = most_important(scores.groups(layer, decoder.kv_heads), removed)
         return (groups[:, None] * per_group + torch.arange(per_group)).flatten()
     within = scores.heads[layer].view(decoder.kv_heads, per_group)
-    keep = torch.stack([_most(row, removed) for row in within])  # [groups, kept per group]
+    keep = torch.stack([most_important(row, removed) for row in within])  # [groups, kept per group]
     return (keep + torch.arange(decoder.kv_heads)[:, None] * per_group).flatten()
 
 
-def _most(scores: torch.Tensor, removed: int) -> torch.Tensor:
+def most_important(scores: torch.Tensor, removed: int) -> torch.Tensor:
     """Sorted indices of all but the ``removed`` lowest scores (ties: the earlier index is kept)."""
     order = torch.sort(scores, descending=True, stable=True).indices
     return torch.sort(order[: scores.numel() - removed]).values
