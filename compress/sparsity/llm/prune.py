@@ -133,8 +133,8 @@ def _count(name: str, ratio: float, total: int, what: str) -> int:
     removed = round(ratio * total)
     if ratio > 0 and removed == 0:
         raise ValueError(
-            f"{name}={ratio} removes none of the {total} {what}; the smallest ratio that removes one is "
-            f"{0.5 / total:.3g} (rounded to the nearest unit)."
+            f"{name}={ratio} removes none of the {total} {what} (counts are rounded to the nearest unit); "
+            f"a ratio above {0.5 / total:.3g} removes one."
         )
     if removed >= total:
         raise ValueError(f"{name}={ratio} would remove all {total} {what}; use a smaller ratio.")

@@ -191,7 +191,7 @@ def test_the_training_flag_is_restored():
         (dict(head_ratio=-0.1), "head_ratio must be in"),
         (dict(head_ratio=0.1), "removes none of the 3 key/value groups"),
         (dict(head_ratio=0.9), "would remove all 3 key/value groups"),
-        (dict(hidden_ratio=0.001), "the smallest ratio that removes one"),
+        (dict(hidden_ratio=0.001), "a ratio above 0.0104 removes one"),
         (dict(remove_layers=6), "remove_layers must be in"),
         (dict(layers=[0, 9]), "distinct indices in"),
         (dict(layers=[1], remove_layers=1), "not both"),
