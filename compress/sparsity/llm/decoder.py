@@ -84,6 +84,13 @@ def decoder_of(model: nn.Module) -> Decoder:
     return Decoder(model, backbone, layers)
 
 
+def adapter_layers(model: nn.Module) -> list[str]:
+    """Names of LoRA / adapter layers in ``model`` (peft wrappers and their ``lora_*`` parts)."""
+    return [
+        name for name, module in model.named_modules() if "lora_" in name or hasattr(module, "base_layer")
+    ]
+
+
 def _has(module: nn.Module, dotted: str) -> bool:
     for part in dotted.split("."):
         module = getattr(module, part, None)

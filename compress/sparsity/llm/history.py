@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.sparsity.llm.decoder import Decoder, decoder_of
+from compress.sparsity.llm.decoder import Decoder, adapter_layers, decoder_of
 from compress.sparsity.llm.prune import HeadUnit
 from compress.sparsity.llm.slicing import keep_ffn_channels, keep_heads
 from compress.sparsity.structured.history import HISTORY_ATTRIBUTE
@@ -109,9 +109,7 @@ def original_decoder_structure(model: nn.Module) -> DecoderStructure:
 
 def check_no_adapters(model: nn.Module) -> None:
     """Refuses LoRA and other adapter layers: decoder pruning slices plain ``nn.Linear`` weights only."""
-    adapted = [
-        name for name, module in model.named_modules() if "lora_" in name or hasattr(module, "base_layer")
-    ]
+    adapted = adapter_layers(model)
     if adapted:
         raise ValueError(
             f"adapter: structured pruning of a Llama-family model slices plain weights, found the adapter "

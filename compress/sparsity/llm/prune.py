@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from compress.sparsity.llm.calibration import Calibration
-from compress.sparsity.llm.decoder import Decoder, decoder_of
+from compress.sparsity.llm.decoder import Decoder, adapter_layers, decoder_of
 from compress.sparsity.llm.importance import BlockMeasure, Importance, llm_importance
 from compress.sparsity.llm.slicing import keep_ffn_channels, keep_heads, keep_hidden, keep_layers
 
@@ -199,9 +199,7 @@ def _least(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _check_plain(model: nn.Module) -> None:
-    adapted = [
-        name for name, module in model.named_modules() if "lora_" in name or hasattr(module, "base_layer")
-    ]
+    adapted = adapter_layers(model)
     if adapted:
         raise ValueError(
             f"prune_llm needs a model without adapters; found {adapted[0]!r}. Merge them first "
