@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from compress.sparsity.magnitude import sparsity_of
+from compress.sparsity.magnitude import apply_masks, mask_mismatch, sparsity_of
 from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, select_targets
 
 
@@ -75,14 +75,9 @@ class KeepSparsity(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         self.apply_masks()
 
-    @torch.no_grad()
     def apply_masks(self) -> None:
         """Multiply the masks into the target weights."""
-        for name, mask in self.masks.items():
-            weight = self.targets[name].weight
-            if mask.device != weight.device:
-                mask = self.masks[name] = mask.to(weight.device)
-            weight.mul_(mask)
+        apply_masks(self.masks, self.targets)
 
     def _zero_patterns(self) -> dict[str, torch.Tensor]:
         masks = {name: m.weight.detach() != 0 for name, m in self.targets.items()}
@@ -109,14 +104,13 @@ class KeepSparsity(Callback):
         return chosen
 
     def _check_masks(self) -> None:
-        for name, mask in self.masks.items():
-            module = self.targets.get(name)
-            if module is None or module.weight.shape != mask.shape:
-                found = "missing" if module is None else tuple(module.weight.shape)
-                raise ValueError(
-                    f"KeepSparsity: mask for {name!r} has shape {tuple(mask.shape)} but the weight is "
-                    f"{found}; the masks (or the checkpoint) come from another model or target rule."
-                )
+        mismatch = mask_mismatch(self.masks, self.targets)
+        if mismatch is not None:
+            name, shape, found = mismatch
+            raise ValueError(
+                f"KeepSparsity: mask for {name!r} has shape {shape} but the weight is "
+                f"{found}; the masks (or the checkpoint) come from another model or target rule."
+            )
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -18,7 +18,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from compress.sparsity.magnitude import Scope, magnitude_masks, nm_mask, parse_pattern, sparsity_of
+from compress.sparsity.magnitude import (
+    Scope,
+    apply_masks,
+    magnitude_masks,
+    mask_mismatch,
+    nm_mask,
+    parse_pattern,
+    sparsity_of,
+)
 from compress.sparsity.schedule import CubicSparsitySchedule
 from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, describe_targets, select_targets
 
@@ -157,14 +165,9 @@ class MagnitudePruning(Callback):
         if self.rewind_weights is not None and step == self.end_step:
             self._rewind()
 
-    @torch.no_grad()
     def apply_masks(self) -> None:
         """Multiply the masks into the target weights (pruned weights are exactly zero afterwards)."""
-        for name, mask in self.masks.items():
-            weight = self.targets[name].weight
-            if mask.device != weight.device:
-                mask = self.masks[name] = mask.to(weight.device)
-            weight.mul_(mask)
+        apply_masks(self.masks, self.targets)
 
     @torch.no_grad()
     def _rewind(self) -> None:
@@ -173,14 +176,13 @@ class MagnitudePruning(Callback):
         rank_zero_info(f"MagnitudePruning: rewound surviving weights to step {self.rewind_step}")
 
     def _check_masks(self) -> None:
-        for name, mask in self.masks.items():
-            module = self.targets.get(name)
-            if module is None or module.weight.shape != mask.shape:
-                found = "missing" if module is None else tuple(module.weight.shape)
-                raise ValueError(
-                    f"MagnitudePruning: saved mask for {name!r} has shape {tuple(mask.shape)} but the weight "
-                    f"is {found}; the checkpoint comes from another model or target rule (include/exclude)."
-                )
+        mismatch = mask_mismatch(self.masks, self.targets)
+        if mismatch is not None:
+            name, shape, found = mismatch
+            raise ValueError(
+                f"MagnitudePruning: saved mask for {name!r} has shape {shape} but the weight "
+                f"is {found}; the checkpoint comes from another model or target rule (include/exclude)."
+            )
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -100,6 +100,27 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
+@torch.no_grad()
+def apply_masks(masks: dict[str, torch.Tensor], targets: dict[str, torch.nn.Module]) -> None:
+    """Multiply each mask into ``targets[name].weight`` in place; a mask moves to its weight's device once."""
+    for name, mask in masks.items():
+        weight = targets[name].weight
+        if mask.device != weight.device:
+            mask = masks[name] = mask.to(weight.device)
+        weight.mul_(mask)
+
+
+def mask_mismatch(
+    masks: dict[str, torch.Tensor], targets: dict[str, torch.nn.Module]
+) -> tuple[str, tuple, str | tuple] | None:
+    """The first mask with no target or another shape: (name, mask shape, weight shape or "missing")."""
+    for name, mask in masks.items():
+        module = targets.get(name)
+        if module is None or module.weight.shape != mask.shape:
+            return name, tuple(mask.shape), "missing" if module is None else tuple(module.weight.shape)
+    return None
+
+
 def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
     """Fraction of pruned entries over all masks."""
     total = sum(mask.numel() for mask in masks.values())
