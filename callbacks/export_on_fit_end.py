@@ -1,4 +1,4 @@
-"""Write the trained model as a stock Hugging Face folder (and optionally ONNX) when ``fit`` ends."""
+"""Write the trained model as a stock Hugging Face folder (and optionally ONNX or GGUF) when ``fit`` ends."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from compress.export import export_hf, export_onnx
 from compress.export.folder import check_output
+from compress.export.prepare import is_causal_lm
 
 from .network import trained_network
 
@@ -26,8 +27,13 @@ class ExportOnFitEnd(Callback):
 
     Args:
         path: the Hugging Face folder to write.
-        onnx_path: also write ONNX there (``model.onnx``, checked against onnxruntime).
+        onnx_path: also write ONNX there (``model.onnx``, checked against onnxruntime); classifiers.
         int8: with ``onnx_path``, also write ``model.int8.onnx``.
+        gguf_path: a causal LM: also write GGUF files there for llama.cpp (``model-f16.gguf``,
+            ``model-q8_0.gguf``), each checked by loading it back with transformers.
+        gguf_types: the GGUF weight types (default ``["f16", "q8_0"]``).
+        gguf_reference: the original model's GGUF file or alias (e.g. ``smollm2-135m``): its tokenizer
+            metadata is copied when the tokenizer is unchanged.
         overwrite: replace existing folders.
         module: attribute of the LightningModule holding the model (default: ``student``, else ``model``).
         tokenizer: folder or alias of the tokenizer to save alongside (default: the datamodule's).
@@ -45,20 +51,36 @@ class ExportOnFitEnd(Callback):
         overwrite: bool = False,
         module: str | None = None,
         tokenizer: str | None = None,
+        gguf_path: str | None = None,
+        gguf_types: list[str] | None = None,
+        gguf_reference: str | None = None,
     ) -> None:
         if int8 and onnx_path is None:
             raise ValueError("ExportOnFitEnd.int8: int8 export goes through ONNX; set onnx_path as well.")
+        if (gguf_types or gguf_reference) and gguf_path is None:
+            raise ValueError("ExportOnFitEnd.gguf_types/gguf_reference: set gguf_path as well.")
         self.path, self.onnx_path, self.int8 = path, onnx_path, int8
         self.overwrite, self.module, self.tokenizer = overwrite, module, tokenizer
+        self.gguf_path, self.gguf_types, self.gguf_reference = gguf_path, gguf_types, gguf_reference
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for field, path in (("path", self.path), ("onnx_path", self.onnx_path)):
+        for field, path in (
+            ("path", self.path),
+            ("onnx_path", self.onnx_path),
+            ("gguf_path", self.gguf_path),
+        ):
             if path is not None:
                 check_output(path, self.overwrite, f"ExportOnFitEnd.{field}")
-        self._model(pl_module)  # a missing model or tokenizer fails now, not after training
+        causal = is_causal_lm(self._model(pl_module))  # a missing model or tokenizer fails now, not after
+        if self.gguf_path is not None and not causal:
+            raise ValueError("ExportOnFitEnd.gguf_path: GGUF holds causal language models; drop gguf_path.")
+        if self.onnx_path is not None and causal:
+            raise ValueError("ExportOnFitEnd.onnx_path: causal LMs export to hf/ and GGUF; use gguf_path.")
+        if self.gguf_reference is not None:
+            self._reference()
         if self.tokenizer is None:
             self._tokenizer(trainer)
 
@@ -75,6 +97,20 @@ class ExportOnFitEnd(Callback):
         if self.onnx_path is not None:
             export_onnx(model, tokenizer, self.onnx_path, overwrite=self.overwrite, int8=self.int8)
             rank_zero_info(f"ExportOnFitEnd: wrote {Path(self.onnx_path) / 'model.onnx'}")
+        if self.gguf_path is not None:
+            from compress.export.gguf import export_gguf
+
+            types = tuple(self.gguf_types or ("f16", "q8_0"))
+            reference = self._reference() if self.gguf_reference else None
+            export_gguf(model, tokenizer, self.gguf_path, reference, types, overwrite=self.overwrite)
+            rank_zero_info(
+                f"ExportOnFitEnd: wrote {', '.join(f'model-{t}.gguf' for t in types)} in {self.gguf_path}"
+            )
+
+    def _reference(self) -> Path:
+        from compress.assets import gguf_file_of
+
+        return gguf_file_of(self.gguf_reference, "ExportOnFitEnd.gguf_reference")
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
         network = trained_network(pl_module, self.module)

@@ -61,6 +61,26 @@ def package_dir(asset: OfflinePackage) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def gguf_file_of(source: str, field: str = "gguf_reference") -> Path:
+    """The GGUF file behind ``source``: a ``.gguf`` path, or the file of a GGUF alias (``smollm2-135m``).
+
+    An export copies the tokenizer metadata from it (`compress.export.gguf.export_gguf`'s ``reference``).
+
+    Raises:
+        ValueError: ``source`` is neither; ``field`` names the setting.
+    """
+    if source.lower() in GGUF_ALIASES:
+        asset, name = GGUF_ALIASES[source.lower()]
+        return package_dir(asset) / name
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    raise ValueError(
+        f"{field}: {source!r} is neither a .gguf file nor a GGUF alias ({', '.join(sorted(GGUF_ALIASES))}); "
+        "give the original model's GGUF file"
+    )
+
+
 def resolve_model_source(source: str) -> str:
     """Turns a model source (local folder, offline alias such as ``minilm-l6``, ``smollm2-135m`` or
     ``tiny-llama``, or hub id) into a path/id. A GGUF alias is converted into a cached Hugging Face folder

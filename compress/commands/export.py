@@ -1,7 +1,10 @@
-"""``compress export``: a trained model folder as a stock HF folder, ONNX, int8 ONNX and adapters.
+"""``compress export``: a trained model folder as a stock HF folder, ONNX, int8 ONNX and adapters; a causal
+LM as a stock HF folder and GGUF files (f16, q8_0) for llama.cpp.
 
 Example:
     compress export --model runs/default/stages/pruned/model --output runs/my_export --int8 true
+    compress export --model runs/llm/stages/recovered/model --output runs/llm_export \
+        --gguf_reference smollm2-135m
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from jsonargparse import auto_cli
 from transformers import AutoConfig, AutoTokenizer
 
+from compress.assets import gguf_file_of
 from compress.data import TextClassificationDataModule, split_rows
 from compress.export import export_hf, export_onnx
 from compress.export.folder import atomic_output, check_output
@@ -26,34 +30,47 @@ def main(argv: list[str] | None = None, prog: str = "compress export") -> None:
 def export_model(
     model: str,
     output: str,
-    onnx: bool = True,
-    int8: bool = True,
+    onnx: bool | None = None,
+    int8: bool | None = None,
     trim_vocabulary: bool = False,
     data: dict | None = None,
     adapters: str | None = None,
+    gguf: bool | None = None,
+    gguf_types: list[str] | None = None,
+    gguf_reference: str | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Exports a trained model folder: ``hf/`` (stock HF), ``onnx/model.onnx`` (+ ``model.int8.onnx``),
-    ``adapters/`` (copied from a `compress multitask` run). The ``compress export`` command.
+    """Exports a trained model folder. A classifier: ``hf/`` (stock HF), ``onnx/model.onnx`` (+
+    ``model.int8.onnx``), ``adapters/`` (copied from a `compress multitask` run). A causal LM: ``hf/`` and
+    ``gguf/model-f16.gguf``, ``gguf/model-q8_0.gguf``. The ``compress export`` command.
 
     Args:
         model: a Hugging Face model folder (e.g. a pipeline stage's ``model/``).
         output: the export folder to create.
-        onnx: also write ONNX, checked against onnxruntime.
-        int8: with ``onnx``, also write a dynamically quantized int8 ONNX model.
-        trim_vocabulary: keep only the tokens the training rows of ``data`` use.
+        onnx: also write ONNX, checked against onnxruntime (default: yes for classifiers; causal LMs: no).
+        int8: with ``onnx``, also write a dynamically quantized int8 ONNX model (default: as ``onnx``).
+        trim_vocabulary: keep only the tokens the training rows of ``data`` use (classifiers).
         data: `TextClassificationDataModule` settings whose training rows define the vocabulary.
         adapters: a `compress multitask` output folder (``base/``, ``adapters/<task>/``) to ship along.
+        gguf: write GGUF files for llama.cpp (causal LMs only; default: yes for them).
+        gguf_types: the GGUF weight types to write, default ``[f16, q8_0]`` (``f32`` also accepted).
+        gguf_reference: the original model's GGUF file or alias (e.g. ``smollm2-135m``): its tokenizer
+            metadata is copied verbatim when the tokenizer is unchanged.
         overwrite: replace an existing ``output`` folder.
     """
     source = Path(resolve_source(model, "model"))
-    if task_of(AutoConfig.from_pretrained(source)) == "causal_lm":
-        raise ValueError(
-            f"model: {model!r} is a causal language model; `compress export` writes classifiers only so far "
-            "(causal-LM export, with GGUF, is planned): save it with save_pretrained and its tokenizer, as "
-            "docs/language-models.md shows"
-        )
     out = check_output(output, overwrite, "output")
+    if task_of(AutoConfig.from_pretrained(source)) == "causal_lm":
+        unsupported = {"onnx": onnx, "int8": int8, "trim_vocabulary": trim_vocabulary, "adapters": adapters}
+        _refuse_for_causal_lm(source, [name for name, value in unsupported.items() if value])
+        return _export_causal_lm(source, out, overwrite, gguf, gguf_types, gguf_reference)
+    if gguf or gguf_types or gguf_reference:
+        raise ValueError(
+            f"gguf: {model!r} is a classifier; GGUF (llama.cpp) holds causal language models only. "
+            "Drop gguf, gguf_types and gguf_reference"
+        )
+    onnx = True if onnx is None else onnx
+    int8 = onnx if int8 is None else int8
     if trim_vocabulary and not data:
         raise ValueError(
             "trim_vocabulary: needs `data` (the settings whose training rows define the vocabulary)."
@@ -73,6 +90,39 @@ def export_model(
             shutil.copytree(Path(adapters) / "adapters", staging / "adapters")
             shutil.copytree(Path(adapters) / "base", staging / "adapters" / "base")
     result["parameters"] = count_parameters(hf_model)
+    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return result
+
+
+def _refuse_for_causal_lm(source: Path, settings: list[str]) -> None:
+    if settings:
+        raise ValueError(
+            f"{settings[0]}: not available for causal language models ({source}); their export is hf/ "
+            f"and gguf/. Drop {', '.join(settings)}"
+        )
+
+
+def _export_causal_lm(
+    source: Path,
+    out: Path,
+    overwrite: bool,
+    gguf: bool | None,
+    gguf_types: list[str] | None,
+    gguf_reference: str | None,
+) -> dict:
+    """``hf/`` and ``gguf/`` for a causal LM, all or nothing."""
+    reference = gguf_file_of(gguf_reference) if gguf_reference else None
+    hf_model = load_teacher(str(source), "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    result: dict[str, Any] = {"parameters": count_parameters(hf_model)}
+    with atomic_output(out, overwrite) as staging:
+        result["hf_max_abs_diff"] = export_hf(hf_model, tokenizer, staging / "hf").max_abs_diff
+        if gguf is not False:
+            from compress.export.gguf import export_gguf  # imports the gguf package: only when needed
+
+            types = tuple(gguf_types or ("f16", "q8_0"))
+            written = export_gguf(hf_model, tokenizer, staging / "gguf", reference=reference, types=types)
+            result.update(written.extras)
     print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return result
 

@@ -2,8 +2,11 @@
 
 `export_hf` merges adapters (sparsity kept, see `compress.export.prepare`), writes ``config.json``
 (with the label names), ``model.safetensors`` and the tokenizer into a temporary folder, reloads it with
-`AutoModelForSequenceClassification.from_pretrained` and compares logits with the in-memory model; only
-then does the folder appear at ``path``. A failed check raises and leaves nothing behind.
+`AutoModelForSequenceClassification.from_pretrained` (a causal LM: `AutoModelForCausalLM`) and compares
+logits with the in-memory model; only then does the folder appear at ``path``. A failed check raises and
+leaves nothing behind. A causal LM's folder also holds ``generation_config.json`` (its own, or one built
+from the config's bos/eos/pad ids) and the tokenizer's chat template: `pipeline("text-generation")` and
+`model.generate` work from it as they did from the original.
 
 Sparse weights on disk: safetensors stores every tensor densely, so zeros from unstructured pruning cost
 as much as any other value (a 90%-sparse weight is as big as a dense one). Generic compression of the
@@ -32,7 +35,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    PreTrainedModel,
+)
 
 from compress.export.folder import atomic_output, check_output
 from compress.export.prepare import (
@@ -40,6 +48,7 @@ from compress.export.prepare import (
     accepted_inputs,
     check_batch,
     export_ready,
+    is_causal_lm,
     logits_of,
     max_abs_diff,
 )
@@ -61,7 +70,8 @@ def export_hf(
     """Writes ``model`` (adapters merged, sparsity kept) and ``tokenizer`` as a stock HF folder.
 
     Args:
-        model: a transformers sequence classifier, or a peft model around one (LoRA/DoRA/IA3 are merged).
+        model: a transformers sequence classifier or causal LM, or a peft model around one (LoRA/DoRA/IA3
+            are merged).
         tokenizer: saved beside the model (`pipeline` needs it); `None` writes the model only.
         path: the folder to create.
         overwrite: replace an existing folder at ``path``.
@@ -83,6 +93,8 @@ def export_hf(
         )
     if label_names is not None:
         _set_labels(ready, label_names)
+    if is_causal_lm(ready):
+        _set_generation_config(ready)
     batch = check_batch(tokenizer, vocab_size=ready.config.vocab_size, names=accepted_inputs(ready))
     result = ExportResult(Path(path))
     if merged:
@@ -104,8 +116,9 @@ def verify_hf(
     Raises:
         ValueError: the folder does not load, or the largest logit difference exceeds ``tolerance``.
     """
+    auto = AutoModelForCausalLM if is_causal_lm(model) else AutoModelForSequenceClassification
     try:
-        reloaded = load_pretrained(AutoModelForSequenceClassification, folder, "export")
+        reloaded = load_pretrained(auto, folder, "export")
     except RuntimeError as error:  # transformers' "size mismatch" report
         raise ValueError(
             f"export check failed: {folder} does not load with transformers ({str(error)[:200]}); "
@@ -121,7 +134,15 @@ def verify_hf(
     return diff
 
 
+def _set_generation_config(model: PreTrainedModel) -> None:
+    """Gives a causal LM a generation config when it has none (then ``generate`` knows where to stop)."""
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+
+
 def _set_labels(model: PreTrainedModel, label_names: Sequence[str]) -> None:
+    if is_causal_lm(model):
+        raise ValueError("label_names: a causal language model has no classes; leave label_names unset")
     if len(label_names) != model.config.num_labels:
         raise ValueError(
             f"label_names: {len(label_names)} names for a model with {model.config.num_labels} labels; "

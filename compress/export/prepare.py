@@ -33,6 +33,7 @@ import torch
 from peft import PeftModel, PeftType
 from torch import nn
 from torch.nn.utils import prune
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from compress.peft.bottleneck import bottleneck_adapters
 from compress.sparsity.merge import merge_lora_keep_sparsity
@@ -123,6 +124,15 @@ def _merge_peft(model: PeftModel, masks: dict[str, torch.Tensor] | None) -> nn.M
     )
 
 
+CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` (or the base of a peft model) is a class of transformers' causal-LM auto mapping."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return type(base).__name__ in CAUSAL_LM_CLASSES
+
+
 def accepted_inputs(model: nn.Module) -> tuple[str, ...]:
     """Which of the usual tokenizer outputs the (base) model's ``forward`` takes, in a fixed order."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -144,6 +154,8 @@ def check_batch(
     (fixed seed) and the first row is half padding.
     """
     if tokenizer is not None:
+        if tokenizer.pad_token is None:  # many causal LMs' tokenizers: pad with id 0, masked out
+            return _padded(tokenizer, texts, length, names)
         encoded = tokenizer(
             list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt"
         )
@@ -159,6 +171,18 @@ def check_batch(
     }
     batch["attention_mask"][0, length // 2 :] = 0
     return {name: batch[name] for name in names}
+
+
+def _padded(tokenizer, texts: Sequence[str], length: int, names: Sequence[str]) -> Batch:
+    rows = [tokenizer(text, truncation=True, max_length=length)["input_ids"] for text in texts]
+    batch = {
+        "input_ids": torch.zeros(len(rows), length, dtype=torch.long),
+        "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+    }
+    for i, row in enumerate(rows):
+        batch["input_ids"][i, : len(row)] = torch.tensor(row)
+        batch["attention_mask"][i, : len(row)] = 1
+    return {name: batch[name] for name in names if name in batch}
 
 
 @torch.inference_mode()

@@ -54,3 +54,37 @@ def test_an_interrupted_run_exports_nothing(tiny_data_kwargs, tmp_path):
 def test_bad_settings():
     with pytest.raises(ValueError, match="onnx_path"):
         ExportOnFitEnd("out", int8=True)
+
+
+def test_a_causal_lm_exports_at_fit_end_and_classifier_formats_are_refused(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from compress.assets import resolve_model_source
+    from compress.data import LanguageModelingDataModule
+
+    folder = resolve_model_source("tiny-llama")
+    data = dict(source="bbc_news", tokenizer="tiny-llama", block_size=32, max_train_documents=8,
+                max_eval_documents=4, batch_size=2)  # fmt: skip
+    module = TaskModule(AutoModelForCausalLM.from_pretrained(folder), learning_rate=1e-3)
+    trainer = quick_trainer(steps=2, callbacks=[ExportOnFitEnd(str(tmp_path / "hf"))])
+    trainer.fit(module, datamodule=LanguageModelingDataModule(**data))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits)
+    refused = quick_trainer(
+        steps=1, callbacks=[ExportOnFitEnd(str(tmp_path / "b"), onnx_path=str(tmp_path / "o"))]
+    )
+    with pytest.raises(ValueError, match="onnx_path: causal LMs export to hf/ and GGUF"):
+        refused.fit(module, datamodule=LanguageModelingDataModule(**data))
+
+
+def test_gguf_settings_are_checked(tiny_data_kwargs, tmp_path):
+    with pytest.raises(ValueError, match="gguf_types/gguf_reference: set gguf_path"):
+        ExportOnFitEnd("out", gguf_reference="smollm2-135m")
+    module = TaskModule(tiny_bert(num_labels=3, layers=2))
+    with pytest.raises(ValueError, match="gguf_path: GGUF holds causal language models"):
+        fit(
+            module, [ExportOnFitEnd(str(tmp_path / "hf"), gguf_path=str(tmp_path / "gguf"))], tiny_data_kwargs
+        )
+    assert not (tmp_path / "hf").exists()

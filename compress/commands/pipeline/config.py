@@ -27,16 +27,23 @@ from typing import Any
 
 import yaml
 
-KINDS = ("fit", "load", "multitask", "export", "report")
+KINDS = ("fit", "load", "prune", "multitask", "export", "report")
 KEYS = {  # the settings an export or report stage accepts (fit and multitask are checked by their parsers)
-    "export": {"model": str, "trim_vocabulary": bool, "onnx": bool, "int8": bool, "adapters": str},
-    "report": {"models": dict, "reference": str, "rounds": int, "threads": int},
-}
+    "export": {"model": str, "trim_vocabulary": bool, "onnx": bool, "int8": bool, "adapters": str,
+               "gguf": bool, "gguf_types": list, "gguf_reference": str},
+    "report": {"models": dict, "reference": str, "rounds": int, "threads": int, "eval_batches": int},
+    "prune": {"model": str, "data": dict, "num_sequences": int, "remove_layers": int, "layers": list,
+              "ffn_ratio": float, "head_ratio": float, "head_unit": str, "hidden_ratio": float,
+              "block_importance": str, "method": str, "sparsity": float, "pattern": str,
+              "eval_batches": int, "device": str},
+}  # fmt: skip
 REQUIRED = {  # setting -> the hint in its error
     "export": ("model", "which model to export, e.g. '{student}'"),
+    "prune": ("model", "which causal LM to prune, e.g. '{teacher}'"),
     "report": ("models", "map display names to model folders or .onnx files, e.g. {teacher: '{teacher}'}"),
 }
-TYPE_NAMES = {bool: "true or false", str: "a string", int: "a whole number", dict: "a mapping"}
+TYPE_NAMES = {bool: "true or false", str: "a string", int: "a whole number", dict: "a mapping",
+              float: "a number", list: "a list"}  # fmt: skip
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -125,7 +132,8 @@ def _check_keys(where: str, settings: Any, types: dict[str, type], required: tup
     if not isinstance(settings, dict) or set(settings) - set(types):
         raise ValueError(f"{where}: a mapping with keys among {sorted(types)}.")
     for key, value in settings.items():
-        if value is not None and not isinstance(value, types[key]):
+        number = types[key] is float and isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not number and not isinstance(value, types[key]):
             raise ValueError(f"{where}.{key}: {value!r} must be {TYPE_NAMES[types[key]]}.")
     key, hint = required
     if not settings.get(key):

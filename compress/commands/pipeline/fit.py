@@ -57,8 +57,7 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
     model, merged = export_ready(deployable_model(cli.model))  # LoRA merged, sparsity kept
     save_stock_folder(model, cli.datamodule.tokenizer, folder / "model")
     result = {
-        "test_acc": float(metrics["test/acc"]),
-        "test_f1": float(metrics["test/f1"]),
+        **_test_metrics(metrics),
         "parameters": count_parameters(model),
         "layers": model.config.num_hidden_layers,
         "optimizer_steps": cli.trainer.global_step,
@@ -70,6 +69,14 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
     write_manifest(folder, fingerprint, result, overrides)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model folder is the stage's output
     return result
+
+
+def _test_metrics(metrics: dict) -> dict[str, float]:
+    """Accuracy and F1 of a classifier; perplexity (and KL, agreement with a teacher) of a causal LM."""
+    if "test/acc" in metrics:
+        return {"test_acc": float(metrics["test/acc"]), "test_f1": float(metrics["test/f1"])}
+    keys = ("perplexity", "teacher_perplexity", "kl", "top1_agreement")
+    return {f"test_{key}": float(metrics[f"test/{key}"]) for key in keys if f"test/{key}" in metrics}
 
 
 def _fit(folder: Path, config: dict[str, Any], overrides: list[str], resume: str | None):

@@ -24,7 +24,14 @@ from jsonargparse import ArgumentParser
 
 from compress.commands.pipeline.config import Pipeline, Stage, load_pipeline
 from compress.commands.pipeline.fit import check_fit_settings, read_manifest, run_fit_stage, write_manifest
-from compress.commands.pipeline.stages import run_export, run_load, run_multitask, run_report
+from compress.commands.pipeline.stages import (
+    language_modeling_settings,
+    run_export,
+    run_load,
+    run_multitask,
+    run_prune,
+    run_report,
+)
 
 
 def main(argv: list[str] | None = None, prog: str = "compress pipeline") -> None:
@@ -56,6 +63,8 @@ def run_pipeline(
     for stage in pipeline.stages:  # a typo in the last stage fails now, not after the first ones trained
         if stage.kind == "fit":
             check_fit_settings(stage.name, stage.settings, overrides)
+        if stage.kind == "prune":
+            language_modeling_settings(pipeline.data, f"stages.{stage.name}.prune")
     print(f"[pipeline] {pipeline.name}: {len(pipeline.stages)} stages into {pipeline.output}")
     fingerprints: dict[str, str] = {}
     rows = []
@@ -88,6 +97,7 @@ def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str
         return run_fit_stage(folder, stage.settings, overrides, fingerprint), False
     runners: dict[str, Callable[[], dict]] = {
         "load": lambda: run_load(stage.settings, folder),
+        "prune": lambda: run_prune(stage.settings, folder, pipeline.data),
         "multitask": lambda: run_multitask(stage.settings, folder),
         "export": lambda: run_export(stage.settings, pipeline.output / "export", pipeline.data),
         "report": lambda: run_report(stage.settings, pipeline.output, pipeline.data),
@@ -114,10 +124,17 @@ def summary_table(rows: list[dict]) -> str:
 def _headline(result: dict) -> str:
     if "test_acc" in result:
         return f"test acc {result['test_acc']:.3f}, {result['parameters'] / 1e6:.1f}M params"
+    if "test_perplexity" in result:
+        return f"test perplexity {result['test_perplexity']:.2f}, {result['parameters'] / 1e6:.1f}M params"
+    if "perplexity" in result and "parameters_before" in result:  # a prune stage
+        return (
+            f"{result['parameters'] / 1e6:.1f}M params, held-out perplexity {result['perplexity'] or 0:.2f}"
+        )
     if "tasks" in result:
         return ", ".join(f"{task} {r['test_acc']:.3f}" for task, r in result["tasks"].items())
     if "models" in result:
         return f"{len(result['models'])} models measured: report.md"
     if "hf_max_abs_diff" in result:
-        return f"{result['parameters'] / 1e6:.1f}M params exported (HF, ONNX)"
+        formats = "HF, GGUF" if any(k.startswith("gguf") for k in result) else "HF, ONNX"
+        return f"{result['parameters'] / 1e6:.1f}M params exported ({formats})"
     return f"{result.get('parameters', 0) / 1e6:.1f}M params"

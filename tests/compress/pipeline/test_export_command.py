@@ -1,5 +1,5 @@
 import pytest
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from compress.commands import main
 
@@ -30,4 +30,34 @@ def test_trim_vocabulary_needs_data(tiny_teacher_dir, tmp_path):
                 "true",
             ]
         )
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_causal_lm_exports_hf_and_refuses_classifier_formats(tmp_path):
+    out = tmp_path / "lm"
+    main(["export", "--model", "tiny-llama", "--output", str(out), "--gguf", "false"])
+    assert sorted(p.name for p in out.iterdir()) == ["hf"]
+    assert AutoModelForCausalLM.from_pretrained(out / "hf").config.num_hidden_layers == 4
+    with pytest.raises(ValueError, match="onnx: not available for causal language models"):
+        main(["export", "--model", "tiny-llama", "--output", str(tmp_path / "x"), "--onnx", "true"])
+    with pytest.raises(
+        ValueError, match="gguf_reference: 'no-such' is neither a .gguf file nor a GGUF alias"
+    ):
+        main(
+            [
+                "export",
+                "--model",
+                "tiny-llama",
+                "--output",
+                str(tmp_path / "x"),
+                "--gguf_reference",
+                "no-such",
+            ]
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_classifier_refuses_gguf(tiny_teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match="gguf: .* is a classifier; GGUF"):
+        main(["export", "--model", tiny_teacher_dir, "--output", str(tmp_path / "x"), "--gguf", "true"])
     assert not (tmp_path / "x").exists()
