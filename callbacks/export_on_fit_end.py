@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoTokenizer
 from typing_extensions import override
 
-from compress.export import export_hf, export_onnx
+from compress.export import export_gguf, export_hf, export_onnx
 from compress.export.folder import check_output
 from compress.export.prepare import is_causal_lm
 
@@ -98,8 +98,6 @@ class ExportOnFitEnd(Callback):
             export_onnx(model, tokenizer, self.onnx_path, overwrite=self.overwrite, int8=self.int8)
             rank_zero_info(f"ExportOnFitEnd: wrote {Path(self.onnx_path) / 'model.onnx'}")
         if self.gguf_path is not None:
-            from compress.export.gguf import export_gguf
-
             types = tuple(self.gguf_types or ("f16", "q8_0"))
             reference = self._reference() if self.gguf_reference else None
             export_gguf(model, tokenizer, self.gguf_path, reference, types, overwrite=self.overwrite)

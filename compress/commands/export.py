@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from compress.assets import gguf_file_of
 from compress.data import TextClassificationDataModule, split_rows
-from compress.export import export_hf, export_onnx
+from compress.export import export_gguf, export_hf, export_onnx
 from compress.export.folder import atomic_output, check_output
 from compress.modules.loading import count_parameters, load_teacher, resolve_source, task_of
 
@@ -118,8 +118,6 @@ def _export_causal_lm(
     with atomic_output(out, overwrite) as staging:
         result["hf_max_abs_diff"] = export_hf(hf_model, tokenizer, staging / "hf").max_abs_diff
         if gguf is not False:
-            from compress.export.gguf import export_gguf  # imports the gguf package: only when needed
-
             types = tuple(gguf_types or ("f16", "q8_0"))
             written = export_gguf(hf_model, tokenizer, staging / "gguf", reference=reference, types=types)
             result.update(written.extras)

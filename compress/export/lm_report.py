@@ -50,11 +50,11 @@ class LanguageModel:
         return self.path.suffix == ".gguf"
 
     def load(self) -> PreTrainedModel:
-        if self.is_gguf:
-            model = AutoModelForCausalLM.from_pretrained(self.path.parent, gguf_file=self.path.name)
-        else:
-            model = load_pretrained(AutoModelForCausalLM, self.path, f"models.{self.name}")
-        return model.float().eval()
+        if self.is_gguf:  # dequantised to float32 by transformers
+            return AutoModelForCausalLM.from_pretrained(
+                self.path.parent, gguf_file=self.path.name, dtype=torch.float32
+            ).eval()
+        return load_pretrained(AutoModelForCausalLM, self.path, f"models.{self.name}").float().eval()
 
     def size_on_disk(self) -> int:
         files = (

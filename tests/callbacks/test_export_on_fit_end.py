@@ -66,12 +66,15 @@ def test_a_causal_lm_exports_at_fit_end_and_classifier_formats_are_refused(tmp_p
     data = dict(source="bbc_news", tokenizer="tiny-llama", block_size=32, max_train_documents=8,
                 max_eval_documents=4, batch_size=2)  # fmt: skip
     module = TaskModule(AutoModelForCausalLM.from_pretrained(folder), learning_rate=1e-3)
-    trainer = quick_trainer(steps=2, callbacks=[ExportOnFitEnd(str(tmp_path / "hf"))])
+    export = ExportOnFitEnd(str(tmp_path / "hf"), gguf_path=str(tmp_path / "gguf"), gguf_types=["f16"])
+    trainer = quick_trainer(steps=2, callbacks=[export])
     trainer.fit(module, datamodule=LanguageModelingDataModule(**data))
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.arange(1, 17).unsqueeze(0)
     with torch.no_grad():
         torch.testing.assert_close(exported(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits)
+    gguf = AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model-f16.gguf")
+    assert gguf.config.num_hidden_layers == exported.config.num_hidden_layers
     refused = quick_trainer(
         steps=1, callbacks=[ExportOnFitEnd(str(tmp_path / "b"), onnx_path=str(tmp_path / "o"))]
     )
