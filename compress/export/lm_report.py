@@ -3,17 +3,18 @@
 For each model (a Hugging Face folder, or a GGUF file read through transformers' GGUF loader): parameters,
 non-embedding parameters, size on disk of its weight file(s), held-out perplexity on the same blocks, the
 KL divergence from the reference (teacher) per token at T = 1, top-1 agreement with the reference, and
-prefill and decode speed at batch 1 (greedy, KV cache, fp32 on the CPU). Speed is the median over
-``rounds`` rounds in which the models take turns (order reversed every other round), so a busy machine
-slows them alike. A GGUF file is dequantised by transformers, so its perplexity and KL are those of its
-weights but its speed would be the HF model's: it gets no speed (llama.cpp is not in this environment).
-The same prompts' greedy continuations are written side by side. Writes ``report.json`` (every number,
+prefill and decode speed at batch 1 (greedy, KV cache, CPU): Hugging Face folders in fp32 through
+torch, GGUF files through llama.cpp itself when ``llama-cpp-python`` is installed (``make llamacpp``;
+else they get no speed). Speed is the median over ``rounds`` rounds in which the models take turns (order
+reversed every other round), so a busy machine slows them alike. A GGUF file's perplexity and KL are
+measured on its weights as transformers dequantises them. The same prompts' greedy continuations are
+written side by side. Writes ``report.json`` (every number,
 the machine, the method), ``report.md`` and ``report.png`` (perplexity against decode speed and size).
 
 Example:
     >>> rows = [{"name": "teacher", "perplexity": 20.0, "kl": 0.0, "top1_agreement": 1.0,
     ...          "parameters": 135e6, "non_embedding_parameters": 106e6, "size_bytes": 540e6,
-    ...          "prefill_tokens_per_s": 900.0, "decode_tokens_per_s": 30.0}]
+    ...          "runtime": "torch", "prefill_tokens_per_s": 900.0, "decode_tokens_per_s": 30.0}]
     >>> print(markdown_table(with_ratios(rows)).splitlines()[2].split("|")[1].strip())
     teacher
 """
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from compress.export.llama_cpp import LlamaCppModel, llama_cpp_available
 from compress.export.report import WEIGHT_SUFFIXES, machine
 from compress.safe_load import load_pretrained
 
@@ -98,20 +100,39 @@ def quality(models: dict[str, PreTrainedModel], batches: Iterable[dict], referen
     }  # fmt: skip
 
 
-def speed(
-    models: dict[str, PreTrainedModel], prompt_ids: torch.Tensor, new_tokens: int, rounds: int
-) -> dict[str, dict]:
-    """Prefill and decode tokens/s at batch 1 (greedy, KV cache), models taking turns round by round.
+class TorchRunner:
+    """Greedy generation of a transformers model at batch 1 (KV cache), timed like `LlamaCppModel`."""
 
-    Prefill: one forward over the prompt. Decode: ``generate`` of exactly ``new_tokens`` tokens minus the
-    prefill time, over ``new_tokens - 1`` steps (the first new token comes from the prefill).
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def generate(self, ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+        """The new tokens, seconds of one forward over the prompt (prefill), seconds of ``generate``."""
+        prompt = torch.tensor([ids])
+        mask = torch.ones_like(prompt)
+        start = time.perf_counter()
+        self.model(input_ids=prompt, attention_mask=mask, use_cache=True)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        out = self.model.generate(
+            input_ids=prompt, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, use_cache=True, pad_token_id=self.model.config.eos_token_id,
+        )  # fmt: skip
+        return out[0, len(ids) :].tolist(), prefill, time.perf_counter() - start
+
+
+def speed(runners: dict, prompt: list[int], new_tokens: int, rounds: int) -> dict[str, dict]:
+    """Prefill and decode tokens/s at batch 1 (greedy), the runners taking turns round by round.
+
+    Decode: ``new_tokens - 1`` steps (the first new token comes from the prefill) over the generation time
+    minus the prefill time; medians over the rounds after one warm-up round.
     """
-    mask = torch.ones_like(prompt_ids)
-    times: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "total": []} for name in models}
-    order = list(models)
+    times: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "total": []} for name in runners}
+    order = list(runners)
     for r in tqdm(range(rounds + 1), desc="report: speed", unit="round"):
         for name in order if r % 2 == 0 else order[::-1]:
-            prefill, total = _timed_generation(models[name], prompt_ids, mask, new_tokens)
+            _, prefill, total = runners[name].generate(prompt, new_tokens)
             if r:  # round 0 warms up every model
                 times[name]["prefill"].append(prefill)
                 times[name]["total"].append(total)
@@ -119,42 +140,30 @@ def speed(
     for name, t in times.items():
         prefill, total = statistics.median(t["prefill"]), statistics.median(t["total"])
         out[name] = {
-            "prefill_tokens_per_s": prompt_ids.shape[1] / prefill,
+            "prefill_tokens_per_s": len(prompt) / prefill,
             "decode_tokens_per_s": (new_tokens - 1) / max(total - prefill, 1e-9),
         }
     return out
 
 
-@torch.inference_mode()
-def _timed_generation(model, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    start = time.perf_counter()
-    model(input_ids=ids, attention_mask=mask, use_cache=True)
-    prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, use_cache=True, pad_token_id=model.config.eos_token_id,
-    )  # fmt: skip
-    return prefill, time.perf_counter() - start
+def generations(runners: dict, tokenizer, prompts: Sequence[str], new_tokens: int) -> dict[str, list[str]]:
+    """Each runner's greedy continuation of each prompt."""
+    texts: dict[str, list[str]] = {}
+    for name, runner in runners.items():
+        new = [runner.generate(tokenizer(prompt).input_ids, new_tokens)[0] for prompt in prompts]
+        texts[name] = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new]
+    return texts
 
 
-@torch.inference_mode()
-def generations(
-    models: dict[str, PreTrainedModel], tokenizer, prompts: Sequence[str], new_tokens: int
-) -> dict:
-    """Each model's greedy continuation of each prompt."""
-    out: dict[str, list[str]] = {}
-    for name, model in models.items():
-        out[name] = []
-        for prompt in prompts:
-            encoded = tokenizer(prompt, return_tensors="pt")
-            ids = model.generate(
-                **encoded, max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id
-            )
-            out[name].append(
-                tokenizer.decode(ids[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-            )
-    return out
+def runners_for(candidates: Sequence[LanguageModel], models: dict[str, PreTrainedModel]) -> dict:
+    """How each candidate generates: transformers, or llama.cpp for a GGUF file when it is installed."""
+    runners = {}
+    for c in candidates:
+        if not c.is_gguf:
+            runners[c.name] = TorchRunner(models[c.name])
+        elif llama_cpp_available():
+            runners[c.name] = LlamaCppModel(c.path, threads=torch.get_num_threads())
+    return runners
 
 
 def measure_lms(
@@ -174,20 +183,29 @@ def measure_lms(
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(candidates))
     batches = list(batches)
     scores = quality(models, batches, reference)
-    prompt = batches[0]["input_ids"][:1, :prompt_tokens]
-    timed = {c.name: models[c.name] for c in candidates if not c.is_gguf}
-    speeds = speed(timed, prompt, new_tokens, rounds) if timed else {}
+    runners = runners_for(candidates, models)
+    prompt = batches[0]["input_ids"][0, :prompt_tokens].tolist()
+    speeds = speed(runners, prompt, new_tokens, rounds) if runners else {}
     rows = []
     for c in candidates:
         model = models[c.name]
         rows.append({
-            "name": c.name, "path": str(c.path), "format": "gguf" if c.is_gguf else "hf",
+            "name": c.name, "path": str(c.path), "runtime": _runtime(c, runners),
             "parameters": sum(p.numel() for p in model.parameters()),
             "non_embedding_parameters": non_embedding_parameters(model),
             "size_bytes": c.size_on_disk(), **scores[c.name],
             **speeds.get(c.name, {"prefill_tokens_per_s": None, "decode_tokens_per_s": None}),
         })  # fmt: skip
-    return rows, generations(models, tokenizer, prompts, new_tokens)
+    texts = generations(runners, tokenizer, prompts, new_tokens)
+    for runner in runners.values():
+        getattr(runner, "close", lambda: None)()
+    return rows, texts
+
+
+def _runtime(candidate: LanguageModel, runners: dict) -> str:
+    if not candidate.is_gguf:
+        return "torch"
+    return "llama.cpp" if candidate.name in runners else "none (llama.cpp not installed)"
 
 
 def _tokenizer_folder(candidates: Sequence[LanguageModel]) -> Path:
@@ -218,15 +236,16 @@ def _number(value, spec: str, suffix: str = "") -> str:
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| model | perplexity | x reference | KL | top-1 agreement | parameters | non-embedding | "
-        "% of reference | size on disk | prefill tok/s | decode tok/s | decode speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "% of reference | size on disk | runtime | prefill tok/s | decode tok/s | decode speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['perplexity']:.2f} | {r['perplexity_ratio']:.2f} | {r['kl']:.3f} | "
             f"{r['top1_agreement']:.3f} | {r['parameters'] / 1e6:.1f}M | "
             f"{r['non_embedding_parameters'] / 1e6:.1f}M | {100 * r['non_embedding_fraction']:.1f} | "
-            f"{r['size_bytes'] / 1e6:.1f} MB | {_number(r['prefill_tokens_per_s'], '.0f')} | "
+            f"{r['size_bytes'] / 1e6:.1f} MB | {r['runtime']} | "
+            f"{_number(r['prefill_tokens_per_s'], '.0f')} | "
             f"{_number(r['decode_tokens_per_s'], '.1f')} | {_number(r['decode_speedup'], '.2f', 'x')} |"
         )
     return "\n".join(lines)
@@ -236,10 +255,11 @@ METHOD = (
     "Perplexity: exp of the mean next-token cross-entropy over the learned tokens of the same held-out "
     "blocks for every model. KL: KL(reference || model) per token at T = 1 over the same tokens; top-1 "
     "agreement: the share of those tokens where the model's argmax equals the reference's. Speed: batch 1, "
-    "fp32, torch on the CPU with torch's thread count, greedy with the KV cache; prefill = one forward over "
-    "the prompt, decode = (new tokens - 1) / (generate time - prefill time); median over rounds after one "
-    "warm-up round, models taking turns (order reversed every other round). GGUF files are read by "
-    "transformers (dequantised): their quality is measured, their speed is not (n/a). Non-embedding "
+    "greedy with the KV cache, torch's thread count; HF folders in fp32 through torch (prefill = one "
+    "forward over the prompt), GGUF files through llama.cpp (prefill = time to the first token; n/a "
+    "without llama-cpp-python); decode = (new tokens - 1) / (generation time - prefill time); median over "
+    "rounds after one warm-up round, models taking turns (order reversed every other round). GGUF quality: "
+    "its weights dequantised by transformers. Non-embedding "
     "parameters exclude the input embeddings and an untied output head. Size: bytes of the weight file(s)."
 )
 
