@@ -217,14 +217,19 @@ def _tokenizer_folder(candidates: Sequence[LanguageModel]) -> Path:
 
 
 def with_ratios(rows: list[dict], reference: str | None = None) -> list[dict]:
-    """Adds perplexity, size, parameter and speed ratios against the reference row (default: the first)."""
+    """Adds perplexity, size and parameter ratios against the reference row (default: the first), and speed
+    ratios against the first timed row of the same runtime (torch against torch, llama.cpp against
+    llama.cpp: another runtime's kernels are not the model's doing)."""
     ref = next(r for r in rows if r["name"] == (reference or rows[0]["name"]))
     for row in rows:
         row["perplexity_ratio"] = row["perplexity"] / ref["perplexity"]
         row["non_embedding_fraction"] = row["non_embedding_parameters"] / ref["non_embedding_parameters"]
         row["size_fraction"] = row["size_bytes"] / ref["size_bytes"]
+        timed = [r for r in rows if r["runtime"] == row["runtime"] and r["decode_tokens_per_s"]]
+        base = ref if ref in timed else (timed[0] if timed else None)
+        row["speed_reference"] = base["name"] if base else None
         for key in ("prefill", "decode"):
-            ours, theirs = row[f"{key}_tokens_per_s"], ref[f"{key}_tokens_per_s"]
+            ours, theirs = row[f"{key}_tokens_per_s"], base and base[f"{key}_tokens_per_s"]
             row[f"{key}_speedup"] = ours / theirs if ours and theirs else None
     return rows
 
@@ -258,7 +263,8 @@ METHOD = (
     "greedy with the KV cache, torch's thread count; HF folders in fp32 through torch (prefill = one "
     "forward over the prompt), GGUF files through llama.cpp (prefill = time to the first token; n/a "
     "without llama-cpp-python); decode = (new tokens - 1) / (generation time - prefill time); median over "
-    "rounds after one warm-up round, models taking turns (order reversed every other round). GGUF quality: "
+    "rounds after one warm-up round, models taking turns (order reversed every other round); speed-up: "
+    "against the reference, or the first timed model, in the same runtime. GGUF quality: "
     "its weights dequantised by transformers. Non-embedding "
     "parameters exclude the input embeddings and an untied output head. Size: bytes of the weight file(s)."
 )

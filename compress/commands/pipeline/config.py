@@ -13,7 +13,7 @@ stages:
 
 ``{name}`` in any string is replaced by the output of stage ``name``: the model folder
 ``<output>/stages/<name>/model`` of a fit or load stage, the folder ``<output>/stages/<name>`` of a
-multitask stage (``base/`` and ``adapters/<task>/``), ``<output>/export`` for an export stage. It also makes
+multitask stage (``base/`` and ``adapters/<task>/``), ``<output>/<name>`` for an export stage. It also makes
 that stage an input of this one: a changed upstream stage reruns everything downstream.
 """
 
@@ -99,8 +99,8 @@ def load_pipeline(path: str | Path, output: str | Path | None = None) -> Pipelin
 
 def stage_output(output: Path, name: str, kind: str) -> Path:
     """What ``{name}`` stands for: see the module docstring."""
-    if kind == "export":
-        return output / "export"
+    if kind == "export":  # a stage named `export` writes `export/`, as the classification pipelines do
+        return output / name
     if kind == "multitask":
         return output / "stages" / name
     return output / "stages" / name / "model"

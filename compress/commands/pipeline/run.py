@@ -99,7 +99,7 @@ def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str
         "load": lambda: run_load(stage.settings, folder),
         "prune": lambda: run_prune(stage.settings, folder, pipeline.data),
         "multitask": lambda: run_multitask(stage.settings, folder),
-        "export": lambda: run_export(stage.settings, pipeline.output / "export", pipeline.data),
+        "export": lambda: run_export(stage.settings, pipeline.output / stage.name, pipeline.data),
         "report": lambda: run_report(stage.settings, pipeline.output, pipeline.data),
     }
     result = runners[stage.kind]()

@@ -44,7 +44,9 @@ def test_stages_shrink_the_model_and_report_every_measure(run):
     assert rows["recovered"]["result"]["test_perplexity"] > 1 and rows["recovered"]["result"]["test_kl"] >= 0
     report = json.loads((out / "report.json").read_text())
     by_name = {m["name"]: m for m in report["models"]}
-    assert list(by_name) == ["teacher", "pruned", "recovered", "export (HF)", "export (GGUF q8_0)"]
+    assert list(by_name) == [
+        "teacher", "pruned", "recovered", "export (HF)", "teacher (GGUF q8_0)", "export (GGUF q8_0)"
+    ]  # fmt: skip
     assert (
         by_name["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6) and by_name["teacher"]["top1_agreement"] == 1
     )
@@ -53,8 +55,10 @@ def test_stages_shrink_the_model_and_report_every_measure(run):
         assert by_name[name]["decode_tokens_per_s"] > 0 and by_name[name]["prefill_tokens_per_s"] > 0
     gguf = by_name["export (GGUF q8_0)"]
     assert gguf["size_bytes"] < by_name["export (HF)"]["size_bytes"]
-    if llama_cpp_available():  # the GGUF file is timed by llama.cpp itself
+    assert by_name["recovered"]["speed_reference"] == "teacher"
+    if llama_cpp_available():  # the GGUF file is timed by llama.cpp itself, against the teacher's GGUF
         assert gguf["runtime"] == "llama.cpp" and gguf["decode_tokens_per_s"] > 0
+        assert gguf["speed_reference"] == "teacher (GGUF q8_0)"
     else:
         assert gguf["runtime"].startswith("none") and gguf["decode_tokens_per_s"] is None
     assert gguf["kl"] < 0.05  # q8_0 weights stay close to the recovered model
@@ -104,7 +108,9 @@ def test_rerun_reuses_and_a_changed_export_reruns_export_and_report(run, tmp_pat
     config = tmp_path / "llm_tiny.yaml"
     config.write_text(yaml.safe_dump(changed, sort_keys=False))
     rerun = {r["stage"]: r["reused"] for r in run_pipeline(config, out)}
-    assert rerun == {"teacher": True, "pruned": True, "recovered": True, "export": False, "report": False}
+    unchanged = {"teacher": True, "pruned": True, "recovered": True, "teacher_export": True}
+    assert rerun == {**unchanged, "export": False, "report": False}
+    assert (out / "teacher_export" / "gguf" / "model-q8_0.gguf").is_file()
     assert {p.name for p in (out / "export" / "gguf").glob("*.gguf")} == {"model-q8_0.gguf"}
 
 
