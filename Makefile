@@ -4,12 +4,15 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 BIN := .venv/bin
 
-.PHONY: setup demo test test-slow lint format bench llamacpp
+.PHONY: setup demo llm test test-slow lint format bench llamacpp
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/compress demo
+
+llm: setup  # the language-model pipeline (configs/pipelines/llm.yaml), about 22 minutes on 2 CPU cores
+	$(BIN)/compress pipeline --config configs/pipelines/llm.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
