@@ -30,9 +30,9 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from compress.assets import resolve_model_source
+from compress.export.prepare import CAUSAL_LM_CLASSES
 from compress.peft.adapters import AdapterConfig, attach_adapter, peft_config_to_dict
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
@@ -41,7 +41,6 @@ from compress.stored import to_stored
 
 ModelSource = str | nn.Module | StudentFromTeacher
 Task = Literal["classification", "causal_lm"]
-CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def task_of(model: nn.Module | PretrainedConfig) -> Task:

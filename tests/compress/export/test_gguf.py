@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from compress.assets import GGUF_ALIASES, package_dir, resolve_model_source
+from compress.assets import gguf_file_of, resolve_model_source
 from compress.export import gguf as gguf_module
 from compress.export.gguf import TOLERANCES, check_inputs, export_gguf
 from compress.export.gguf_tokenizer import reference_fields
@@ -355,8 +355,7 @@ def test_unverified_export_writes_the_files_and_measures_nothing(model, tokenize
 def test_the_teachers_gguf_tokenizer_metadata_is_copied_for_its_vocabulary(tokenizer, tmp_path):
     """A random 1-layer Llama with SmolLM2's vocabulary: its metadata is the reference's, verbatim; the tiny
     tokenizer (another vocabulary) gets built metadata with the reference's pre-tokenizer name."""
-    asset, name = GGUF_ALIASES["smollm2-135m"]
-    reference = package_dir(asset) / name
+    reference = gguf_file_of("smollm2-135m")
     smollm = AutoTokenizer.from_pretrained(resolve_model_source("smollm2-135m"))
     config = LlamaConfig(
         vocab_size=49152,
