@@ -8,8 +8,8 @@ torch, GGUF files through llama.cpp itself when ``llama-cpp-python`` is installe
 else they get no speed). Speed is the median over ``rounds`` rounds in which the models take turns (order
 reversed every other round), so a busy machine slows them alike. A GGUF file's perplexity and KL are
 measured on its weights as transformers dequantises them. The same prompts' greedy continuations are
-written side by side. Writes ``report.json`` (every number,
-the machine, the method), ``report.md`` and ``report.png`` (perplexity against decode speed and size).
+written side by side. Writes ``report.json`` (every number, the machine, the method), ``report.md`` and
+``report.png`` (perplexity against decode speed and size).
 
 Example:
     >>> rows = [{"name": "teacher", "perplexity": 20.0, "kl": 0.0, "top1_agreement": 1.0,
