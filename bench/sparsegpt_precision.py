@@ -41,7 +41,7 @@ def use_float32() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pattern", default=None, help="N:M, e.g. 2:4 (default: unstructured 50%)")
+    parser.add_argument("--pattern", default=None, help="N:M, e.g. 2:4 (default: unstructured 50%%)")
     parser.add_argument("--float32", action="store_true")
     args = parser.parse_args()
     if args.float32:
