@@ -31,10 +31,12 @@ DROP = object()  # as a changed value: delete the key
 
 
 def snapshot(root: Path) -> dict | None:
-    """Every file and folder under ``root`` with the file contents (None: ``root`` does not exist)."""
+    """Every file and folder under ``root`` with the file contents (None: ``root`` does not exist); a run
+    folder's lock file, which names its last holder, is left out."""
     if not root.exists():
         return None
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir" for p in root.rglob("*")}
+    files = [p for p in root.rglob("*") if p.name != ".compress-run.lock"]
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "dir" for p in files}
 
 
 def assert_says(message: str, field: str, fix: str) -> None:
@@ -245,6 +247,7 @@ def test_pipeline_refusal_keeps_the_previous_run(inputs, tiny_teacher_dir, tiny_
     (stage / "model").mkdir(parents=True)
     (stage / "model" / "model.safetensors").write_bytes(b"the weights of an earlier run")
     (stage / "manifest.json").write_text(json.dumps({"fingerprint": "earlier", "result": {}}))
+    (tmp_path / "run" / ".compress-run").write_text("a compress pipeline run folder\n")
     before = snapshot(tmp_path / "run")
     config = changed(base_pipeline(tiny_teacher_dir, tiny_data_kwargs), {"data.test_size": 1000}, inputs)
     with pytest.raises(ValueError) as refused:

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoTokenizer
 from compress.assets import gguf_file_of
 from compress.data import TextClassificationDataModule, split_rows
 from compress.export import export_gguf, export_hf, export_onnx
-from compress.export.folder import atomic_output, check_output
+from compress.export.folder import MARKER, atomic_output, check_holds_no_input, check_output
 from compress.modules.loading import count_parameters, load_teacher, resolve_source, task_of
 
 
@@ -59,6 +59,7 @@ def export_model(
         overwrite: replace an existing ``output`` folder.
     """
     source = Path(resolve_source(model, "model"))
+    check_holds_no_input(output, {"model": source, "adapters": adapters, "data.source": _local_file(data)})
     out = check_output(output, overwrite, "output")
     if task_of(AutoConfig.from_pretrained(source)) == "causal_lm":
         unsupported = {"onnx": onnx, "int8": int8, "trim_vocabulary": trim_vocabulary, "adapters": adapters}
@@ -90,8 +91,14 @@ def export_model(
             shutil.copytree(Path(adapters) / "adapters", staging / "adapters")
             shutil.copytree(Path(adapters) / "base", staging / "adapters" / "base")
     result["parameters"] = count_parameters(hf_model)
-    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if p.name != MARKER)))
     return result
+
+
+def _local_file(data: dict | None) -> str | None:
+    """The data file an export reads (to trim the vocabulary), if ``data`` names one."""
+    source = (data or {}).get("source") or (data or {}).get("init_args", {}).get("source")
+    return source if isinstance(source, str) and Path(source).exists() else None
 
 
 def _refuse_for_causal_lm(source: Path, settings: list[str]) -> None:
@@ -121,7 +128,7 @@ def _export_causal_lm(
             types = tuple(gguf_types or ("f16", "q8_0"))
             written = export_gguf(hf_model, tokenizer, staging / "gguf", reference=reference, types=types)
             result.update(written.extras)
-    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(f"[export] {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if p.name != MARKER)))
     return result
 
 

@@ -9,17 +9,18 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
-import shutil
 from pathlib import Path
 
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError, ArgumentParser, auto_cli
 from lightning.pytorch import Trainer, seed_everything
 from peft import PeftConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.assets import resolve_model_source
 from compress.data import TextClassificationDataModule
+from compress.export.folder import atomic_output, check_output
 from compress.modules import TaskModule
 from compress.modules.loading import count_parameters
 from compress.peft.multitask import MultiTaskAdapters
@@ -52,7 +53,8 @@ def adapt_to_tasks(
         overwrite: replace an existing ``output`` folder.
         seed: seed of every task's run.
     """
-    out = _fresh_output(Path(output), overwrite)
+    out = check_output(output, overwrite or _empty_folder(Path(output)), "output")
+    check_task_settings(tasks)
     base_path = resolve_model_source(base)
     data = {
         name: TextClassificationDataModule(**{"tokenizer": base_path, **settings})
@@ -60,47 +62,76 @@ def adapt_to_tasks(
     }
     labels = {name: dm.label_names for name, dm in data.items()}  # loads every source: fail before training
     model = load_pretrained(AutoModelForSequenceClassification, base_path, "base")
-    model.save_pretrained(out / "base")
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(out / "base")
-    shared = MultiTaskAdapters(model, adapter)
-    results = []
-    for name, datamodule in data.items():
-        print(f"[multitask] {name}: {len(labels[name])} labels {labels[name]}")
-        seed_everything(seed)
-        module = TaskModule(shared.add_task(name, labels[name]), learning_rate=learning_rate)
-        run = Trainer(
-            max_epochs=max_epochs,
-            max_steps=max_steps,
-            default_root_dir=out / "logs" / name,
-            **(trainer or {}),
-        )
-        run.fit(module, datamodule=datamodule)
-        metrics = run.test(module, datamodule=datamodule, verbose=False)[0]
-        folder = shared.save_task(name, out / "adapters" / name)
-        results.append(
-            {
-                "task": name,
-                "labels": len(labels[name]),
-                "test_acc": float(metrics["test/acc"]),
-                "test_f1": float(metrics["test/f1"]),
-                "trainable": count_parameters(shared.model, trainable_only=True),
-                "adapter_bytes": sum(f.stat().st_size for f in folder.iterdir()),
-            }
-        )
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with atomic_output(out, overwrite=True) as staging:  # the previous output stays until this one is whole
+        model.save_pretrained(staging / "base")
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(staging / "base")
+        shared = MultiTaskAdapters(model, adapter)
+        train = dict(learning_rate=learning_rate, max_epochs=max_epochs, max_steps=max_steps, seed=seed)
+        results = [
+            _train_task(shared, name, dm, labels[name], staging, trainer or {}, **train)
+            for name, dm in data.items()
+        ]
+        (staging / "results.json").write_text(json.dumps(results, indent=2))
     print(_table(results, sum(f.stat().st_size for f in (out / "base").iterdir())))
     return results
 
 
-def _fresh_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(
-                f"output: {out} exists and is not empty; choose another output or set overwrite=true"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _train_task(shared, name, datamodule, labels, out: Path, trainer: dict, learning_rate, max_epochs,
+                max_steps, seed) -> dict:  # fmt: skip
+    """Trains, tests and saves one task's adapter and head."""
+    print(f"[multitask] {name}: {len(labels)} labels {labels}")
+    seed_everything(seed)
+    module = TaskModule(shared.add_task(name, labels), learning_rate=learning_rate)
+    run = Trainer(max_epochs=max_epochs, max_steps=max_steps, default_root_dir=out / "logs" / name, **trainer)
+    run.fit(module, datamodule=datamodule)
+    metrics = run.test(module, datamodule=datamodule, verbose=False)[0]
+    folder = shared.save_task(name, out / "adapters" / name)
+    return {
+        "task": name,
+        "labels": len(labels),
+        "test_acc": float(metrics["test/acc"]),
+        "test_f1": float(metrics["test/f1"]),
+        "trainable": count_parameters(shared.model, trainable_only=True),
+        "adapter_bytes": sum(f.stat().st_size for f in folder.iterdir()),
+    }
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def check_multitask_settings(settings: dict, where: str) -> None:
+    """Checks `adapt_to_tasks` arguments, every task's data settings and the trainer's keys without building
+    anything (the pipeline calls it before its first stage runs)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(adapt_to_tasks)
+    try:
+        parser.parse_object({**settings, "output": "unused", "overwrite": True})
+    except ArgumentError as err:
+        raise ValueError(f"{where}: {err}") from err
+    check_task_settings(settings.get("tasks"), f"{where}.tasks")
+    unknown = set(settings.get("trainer") or {}) - set(inspect.signature(Trainer).parameters)
+    if unknown:
+        raise ValueError(
+            f"{where}.trainer: unknown Trainer settings {sorted(unknown)}; use arguments of "
+            "lightning.pytorch.Trainer (e.g. accelerator, precision, limit_train_batches)."
+        )
+
+
+def check_task_settings(tasks: dict[str, dict], where: str = "tasks") -> None:
+    """Checks every task's `TextClassificationDataModule` settings (names and types) without loading data,
+    so that a typo in the last task fails before the first one trains."""
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{where}: map task names to data settings, e.g. {{sst2: {{source: sst2}}}}.")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(TextClassificationDataModule)
+    for name, settings in tasks.items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where}.{name}: {settings!r} is not a mapping of data settings.")
+        try:
+            parser.parse_object({"tokenizer": "base", **settings})
+        except ArgumentError as err:
+            raise ValueError(f"{where}.{name}: {err}") from err
 
 
 def _table(results: list[dict], base_bytes: int) -> str:

@@ -24,7 +24,7 @@ from jsonargparse import auto_cli
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from compress.data import LanguageModelingDataModule
-from compress.export.folder import atomic_output, check_output
+from compress.export.folder import atomic_output, check_holds_no_input, check_output
 from compress.modules.loading import count_parameters, resolve_source, task_of
 from compress.sparsity.llm import prune_llm, prune_oneshot
 from compress.sparsity.llm.oneshot import oneshot_settings
@@ -131,10 +131,8 @@ def _check_model(source: Path, given: str) -> None:
 
 
 def _check_output(output: str, overwrite: bool, source: Path) -> Path:
-    out = Path(output).resolve()
-    if out == source.resolve() or source.resolve().is_relative_to(out):
-        raise ValueError(f"output: {output} holds the model being pruned ({source}); choose another folder.")
-    return check_output(out, overwrite, "output")
+    check_holds_no_input(output, {"model": source})
+    return check_output(Path(output).resolve(), overwrite, "output")
 
 
 def _device(device: str) -> torch.device:

@@ -26,7 +26,7 @@ Example:
     >>> folder = Path(tempfile.mkdtemp()) / "adapters"
     >>> result = export_adapters(lora, folder)
     >>> sorted(p.name for p in folder.iterdir()), result.max_abs_diff <= 1e-5
-    (['base', 'default'], True)
+    (['.compress-output', 'base', 'default'], True)
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Example:
     >>> folder = Path(tempfile.mkdtemp()) / "gguf"
     >>> result = export_gguf(model, tokenizer, folder, types=("f16",))
     >>> sorted(p.name for p in folder.iterdir()), result.extras["gguf_f16_relative_diff"] < 1e-2
-    (['model-f16.gguf'], True)
+    (['.compress-output', 'model-f16.gguf'], True)
 """
 
 from __future__ import annotations

@@ -49,12 +49,14 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass
 class Stage:
-    """One stage: its name, kind, settings (placeholders resolved) and the stages it reads from."""
+    """One stage: its name, kind, settings (placeholders resolved), the stages it reads from and its settings
+    as written (placeholders kept: what its fingerprint holds, so a run fingerprints alike in any folder)."""
 
     name: str
     kind: str
     settings: Any
     inputs: list[str] = field(default_factory=list)
+    raw: Any = None
 
 
 @dataclass
@@ -124,7 +126,7 @@ def _stage(name: str, body: Any, shared_data: dict, output: Path, earlier: dict[
                 f"earlier stages: {list(earlier) or 'none'}."
             )
     resolved = _substitute(settings, {ref: str(stage_output(output, ref, earlier[ref])) for ref in inputs})
-    return Stage(name, kind, resolved, inputs)
+    return Stage(name, kind, resolved, inputs, settings)
 
 
 def _check_keys(where: str, settings: Any, types: dict[str, type], required: tuple[str, str]) -> None:

@@ -26,6 +26,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from compress.commands.lightning_cli import CompressCLI
+from compress.commands.pipeline.content import digest
 from compress.export import export_ready
 from compress.export.folder import atomic_output
 from compress.modules import DistillationModule
@@ -36,12 +37,11 @@ from compress.sparsity.l1 import near_zero_fraction
 CHECKPOINT_EVERY_N_STEPS = 50
 
 
-def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fingerprint: str) -> dict:
-    """Fits, tests and saves one stage, or returns its saved result when nothing changed."""
-    saved = read_manifest(folder)
-    if saved.get("fingerprint") == fingerprint:
-        print(f"[pipeline] {folder.name}: unchanged, reusing {folder / 'model'}")
-        return saved["result"]
+def run_fit_stage(
+    folder: Path, config: dict[str, Any], overrides: list[str], fingerprint: str, outputs: list[Path]
+) -> dict:
+    """Fits, tests and saves one stage (resuming an interrupted run of the same fingerprint); its manifest
+    records the digest of ``outputs``. The previous output is kept aside until the new one is complete."""
     resume = _resumable_checkpoint(folder, fingerprint)
     created, previous = _start_afresh(folder, fingerprint) if resume is None else (None, None)
     try:
@@ -50,9 +50,6 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
         if created is not None and not (folder / "checkpoints" / "last.ckpt").is_file():
             _undo_start(folder, created, previous)  # refused before its first checkpoint: leave no trace
         raise
-    finally:
-        if previous is not None:  # the new run has a checkpoint, or finished
-            shutil.rmtree(previous, ignore_errors=True)
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     model, merged = export_ready(deployable_model(cli.model))  # LoRA merged, sparsity kept
     save_stock_folder(model, cli.datamodule.tokenizer, folder / "model")
@@ -66,8 +63,9 @@ def run_fit_stage(folder: Path, config: dict[str, Any], overrides: list[str], fi
         "adapters_merged": merged,
         "zero_fraction": near_zero_fraction(_linear_weights(model), tolerance=0.0),
     }
-    write_manifest(folder, fingerprint, result, overrides)
+    write_manifest(folder, fingerprint, result, overrides, outputs)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model folder is the stage's output
+    shutil.rmtree(_set_aside(folder), ignore_errors=True)  # the replacement is complete
     return result
 
 
@@ -141,8 +139,13 @@ def read_manifest(folder: Path) -> dict:
     return json.loads(manifest.read_text()) if manifest.is_file() else {}
 
 
-def write_manifest(folder: Path, fingerprint: str, result: dict, overrides: list[str] | None = None) -> None:
-    text = json.dumps({"fingerprint": fingerprint, "overrides": overrides or [], "result": result}, indent=2)
+def write_manifest(
+    folder: Path, fingerprint: str, result: dict, overrides: list[str] | None = None, outputs: list[Path] = ()
+) -> None:
+    """Written last: the fingerprint, the result and the digest of the stage's ``outputs`` as written."""
+    manifest = {"fingerprint": fingerprint, "overrides": overrides or [], "result": result,
+                "output_digest": digest(outputs)}  # fmt: skip
+    text = json.dumps(manifest, indent=2)
     (folder / "manifest.json").write_text(text + "\n")
     (folder / "running.json").unlink(missing_ok=True)
 
@@ -162,20 +165,37 @@ def _resumable_checkpoint(folder: Path, fingerprint: str) -> str | None:
 
 
 def _start_afresh(folder: Path, fingerprint: str) -> tuple[Path, Path | None]:
-    """An empty stage folder; an existing one is set aside until the new run has its first checkpoint.
+    """An empty stage folder; a complete one (it has a manifest) is set aside until the new run is complete.
 
-    Returns the topmost folder created (the run folder on a first run) and the set-aside folder, if any.
+    An incomplete one (a run killed before its first checkpoint) is deleted, and what was set aside before
+    it stays. Returns the topmost folder created (the run folder on a first run) and the set-aside folder.
     """
-    previous = None
-    if folder.exists():
+    previous = _set_aside(folder)
+    if (folder / "manifest.json").is_file():
         print(f"[pipeline] {folder.name}: config or inputs changed, replacing {folder}")
-        previous = folder.with_name(f".{folder.name}.previous")
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(folder, previous)
+    elif folder.exists():
+        shutil.rmtree(folder)
+    previous = previous if previous.exists() else None
     created = [p for p in (folder, *folder.parents) if not p.exists()][-1]
     folder.mkdir(parents=True)
     (folder / "running.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return created, previous
+
+
+def restore_set_aside(folder: Path, fingerprint: str) -> None:
+    """Puts a set-aside output back when its fingerprint is the one asked for again (a changed stage was
+    interrupted before it completed, and the config was changed back)."""
+    previous = _set_aside(folder)
+    if read_manifest(previous).get("fingerprint") == fingerprint and not (folder / "manifest.json").exists():
+        print(f"[pipeline] {folder.name}: the output set aside at {previous} matches; putting it back")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(previous, folder)
+
+
+def _set_aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.previous")
 
 
 def _undo_start(folder: Path, created: Path, previous: Path | None) -> None:

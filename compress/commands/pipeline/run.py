@@ -1,10 +1,12 @@
 """``compress pipeline --config configs/pipelines/<name>.yaml``: run the stages in order, skip finished ones.
 
-Every stage has a fingerprint: its settings, the CLI overrides, the shared data settings and the
-fingerprints of the stages it reads from. A stage whose manifest holds the same fingerprint is reused; an
-interrupted fit stage with the same fingerprint resumes from its last checkpoint; a changed one reruns, and
-with it every stage downstream. At the end a summary table is printed and written to ``summary.md`` and
-``summary.json``.
+Every stage has a fingerprint: its settings as written (``{stage}`` placeholders kept, so the run folder's
+path is not part of it), the CLI overrides and the shared data settings where the stage reads them, the
+content digests of the local files and folders it names and of the outputs of the stages it reads. A
+stage whose manifest holds the same fingerprint, and whose output still has the digest the manifest
+recorded, is reused; an interrupted fit stage with the same fingerprint resumes from its last checkpoint;
+a changed one reruns, and with it every stage whose inputs changed. One run at a time per output folder
+(`claim_output`). At the end a summary table is printed and written to ``summary.md`` and ``summary.json``.
 
 Example:
     compress pipeline --config configs/pipelines/tiny.yaml --output runs/tiny
@@ -22,8 +24,17 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
+from compress.commands.multitask import check_multitask_settings
+from compress.commands.pipeline.claim import claim_output
 from compress.commands.pipeline.config import Pipeline, Stage, load_pipeline
-from compress.commands.pipeline.fit import check_fit_settings, read_manifest, run_fit_stage, write_manifest
+from compress.commands.pipeline.content import Meter, digest, input_digests, outputs_of, shared_data
+from compress.commands.pipeline.fit import (
+    check_fit_settings,
+    read_manifest,
+    restore_set_aside,
+    run_fit_stage,
+    write_manifest,
+)
 from compress.commands.pipeline.stages import (
     language_modeling_settings,
     run_export,
@@ -65,18 +76,11 @@ def run_pipeline(
             check_fit_settings(stage.name, stage.settings, overrides)
         if stage.kind == "prune":
             language_modeling_settings(pipeline.data, f"stages.{stage.name}.prune")
+        if stage.kind == "multitask":
+            check_multitask_settings(stage.settings, f"stages.{stage.name}.multitask")
     print(f"[pipeline] {pipeline.name}: {len(pipeline.stages)} stages into {pipeline.output}")
-    fingerprints: dict[str, str] = {}
-    rows = []
-    for number, stage in enumerate(pipeline.stages, start=1):
-        print(f"[pipeline] stage {number}/{len(pipeline.stages)}: {stage.name} ({stage.kind})")
-        upstream = [fingerprints[name] for name in stage.inputs]
-        fingerprint = _fingerprint(stage.kind, stage.settings, pipeline.data, overrides, upstream)
-        start = time.perf_counter()
-        result, reused = _run(pipeline, stage, fingerprint, overrides)
-        fingerprints[stage.name] = fingerprint
-        rows.append({"stage": stage.name, "kind": stage.kind, "reused": reused,
-                     "seconds": round(time.perf_counter() - start, 1), "result": result})  # fmt: skip
+    with claim_output(pipeline.output, "--output"):
+        rows = _run_stages(pipeline, overrides)
     summary = summary_table(rows)
     print("\n" + summary)
     (pipeline.output / "summary.md").write_text(summary + "\n")
@@ -87,14 +91,46 @@ def run_pipeline(
     return rows
 
 
-def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str]) -> tuple[dict, bool]:
+def _run_stages(pipeline: Pipeline, overrides: list[str]) -> list[dict]:
+    digests: dict[str, str] = {}  # stage name -> content digest of its output
+    known: dict[str, str | None] = {}  # local input path -> its digest, hashed once per run
+    rows = []
+    for number, stage in enumerate(pipeline.stages, start=1):
+        print(f"[pipeline] stage {number}/{len(pipeline.stages)}: {stage.name} ({stage.kind})")
+        start, hashed = time.perf_counter(), Meter.bytes
+        inputs = input_digests(stage, pipeline, known)
+        upstream = {name: digests[name] for name in stage.inputs}
+        data = shared_data(stage, pipeline)
+        changes = overrides if stage.kind == "fit" else []  # --set applies to fit stages only
+        fingerprint = _fingerprint(stage.kind, stage.raw, data, changes, upstream, inputs)
+        result, reused, digests[stage.name] = _run(pipeline, stage, fingerprint, overrides)
+        if reused:
+            print(f"[pipeline] {stage.name}: content checked, {(Meter.bytes - hashed) / 1e6:.1f} MB in "
+                  f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        rows.append({"stage": stage.name, "kind": stage.kind, "reused": reused,
+                     "seconds": round(time.perf_counter() - start, 1), "result": result})  # fmt: skip
+    return rows
+
+
+def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str]) -> tuple[dict, bool, str]:
+    """Reuses the stage if its fingerprint and its output's digest match its manifest, else runs it; returns
+    its result, whether it was reused and its output's digest."""
     folder = pipeline.stage_dir(stage.name)
-    saved = read_manifest(folder)
-    if saved.get("fingerprint") == fingerprint:
-        print(f"[pipeline] {stage.name}: unchanged, reusing its output")
-        return saved["result"], True
     if stage.kind == "fit":
-        return run_fit_stage(folder, stage.settings, overrides, fingerprint), False
+        restore_set_aside(folder, fingerprint)
+    saved = read_manifest(folder)
+    outputs = outputs_of(pipeline, stage)
+    if saved.get("fingerprint") == fingerprint:
+        current = digest(outputs)
+        if current is not None and current == saved.get("output_digest"):
+            print(f"[pipeline] {stage.name}: unchanged, reusing its output")
+            return saved["result"], True, current
+        state = "missing" if current is None else "changed since it was written"
+        shown = ", ".join(map(str, outputs))
+        print(f"[pipeline] {stage.name}: its output ({shown}) is {state}; running it again")
+    if stage.kind == "fit":
+        result = run_fit_stage(folder, stage.settings, overrides, fingerprint, outputs)
+        return result, False, read_manifest(folder)["output_digest"]
     runners: dict[str, Callable[[], dict]] = {
         "load": lambda: run_load(stage.settings, folder),
         "prune": lambda: run_prune(stage.settings, folder, pipeline.data),
@@ -104,8 +140,8 @@ def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str
     }
     result = runners[stage.kind]()
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder, fingerprint, result)
-    return result, False
+    write_manifest(folder, fingerprint, result, outputs=outputs)
+    return result, False, read_manifest(folder)["output_digest"]
 
 
 def _fingerprint(*parts) -> str:

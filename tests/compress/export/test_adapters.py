@@ -27,7 +27,11 @@ def test_single_lora_adapter_loads_with_plain_peft(tmp_path, tokenizer_dir):
     model = get_peft_model(tiny_bert(layers=2), LORA)
     result = export_adapters(model, tmp_path / "adapters", AutoTokenizer.from_pretrained(tokenizer_dir))
     assert result.max_abs_diff <= 1e-5
-    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["base", "default"]
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == [
+        ".compress-output",
+        "base",
+        "default",
+    ]
     assert json.loads((tmp_path / "adapters" / "default" / "labels.json").read_text()) == [
         "LABEL_0",
         "LABEL_1",
@@ -58,7 +62,12 @@ def test_multitask_adapters_with_their_own_heads(tmp_path):
     result = export_adapters(tasks, tmp_path / "adapters")
     assert result.max_abs_diff <= 1e-5
     assert tasks.model.active_adapter == "topics"  # restored after the check
-    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["base", "sentiment", "topics"]
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == [
+        ".compress-output",
+        "base",
+        "sentiment",
+        "topics",
+    ]
     base = AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "adapters" / "base", num_labels=2, ignore_mismatched_sizes=True
     )

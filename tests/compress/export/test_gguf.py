@@ -98,7 +98,8 @@ def greedy(model, tokenizer) -> list[int]:
 def test_f32_is_exact_and_f16_q8_0_within_tolerance_and_generate_the_same(exported, sharp, tokenizer):
     extras = exported.extras
     assert sorted(p.name for p in exported.path.iterdir()) == [
-        f"model-{t}.gguf" for t in ("f16", "f32", "q8_0")
+        ".compress-output",
+        *(f"model-{t}.gguf" for t in ("f16", "f32", "q8_0")),
     ]
     assert extras["gguf_f32_max_abs_diff"] < 1e-5  # the q/k permutation round trips exactly
     assert 0 < extras["gguf_f16_relative_diff"] < TOLERANCES["f16"] / 5
@@ -333,9 +334,12 @@ def test_existing_folder_is_refused_and_kept(model, tokenizer, tmp_path):
     (tmp_path / "out" / "old.gguf").write_text("previous export")
     with pytest.raises(ValueError, match=r"out exists already.*overwrite=True"):
         export_gguf(model, tokenizer, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"out holds files compress did not write"):
+        export_gguf(model, tokenizer, tmp_path / "out", overwrite=True)  # the user's own folder
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.gguf"]
-    export_gguf(model, tokenizer, tmp_path / "out", types=("f16",), overwrite=True)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model-f16.gguf"]
+    export_gguf(model, tokenizer, tmp_path / "ours", types=("f16", "q8_0"))
+    export_gguf(model, tokenizer, tmp_path / "ours", types=("f16",), overwrite=True)  # an export of ours
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [".compress-output", "model-f16.gguf"]
 
 
 def test_a_failed_check_raises_and_leaves_nothing(sharp, tokenizer, tmp_path, monkeypatch):

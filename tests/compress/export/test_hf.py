@@ -50,10 +50,14 @@ def test_existing_folder_is_refused_unless_overwrite(tmp_path, tokenizer):
     (tmp_path / "hf" / "old.txt").write_text("previous export")
     with pytest.raises(ValueError, match=r"hf exists already.*overwrite=True"):
         export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "hf")
+    with pytest.raises(ValueError, match=r"hf holds files compress did not write .*move those files away"):
+        export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "hf", overwrite=True)  # the user's own folder
     assert (tmp_path / "hf" / "old.txt").is_file()
 
-    export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "hf", overwrite=True)
-    assert not (tmp_path / "hf" / "old.txt").exists() and (tmp_path / "hf" / "config.json").is_file()
+    export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "ours")
+    (tmp_path / "ours" / "old.txt").write_text("a file of the earlier export")
+    export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "ours", overwrite=True)  # replaces our export
+    assert not (tmp_path / "ours" / "old.txt").exists() and (tmp_path / "ours" / "config.json").is_file()
 
 
 def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, tokenizer, monkeypatch):
@@ -65,8 +69,8 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, to
         export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
 
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "config.json").write_text("{}")
+    with atomic_output(tmp_path / "old") as earlier:  # an earlier export of ours
+        (earlier / "config.json").write_text("{}")
     with pytest.raises(KeyboardInterrupt):
         export_hf(tiny_bert(layers=1), tokenizer, tmp_path / "old", overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]

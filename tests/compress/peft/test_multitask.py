@@ -104,8 +104,9 @@ def test_adapt_to_tasks_trains_saves_and_refuses_to_overwrite(tiny_csv, tokenize
         "neutral",
         "positive",
     ]
-    with pytest.raises(ValueError, match="overwrite=true"):
+    with pytest.raises(ValueError, match="overwrite=True"):
         adapt_to_tasks(**kwargs)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = {
         **kwargs,
         "overwrite": True,
@@ -113,6 +114,14 @@ def test_adapt_to_tasks_trains_saves_and_refuses_to_overwrite(tiny_csv, tokenize
     }
     with pytest.raises(ValueError, match="data.text_column"):
         adapt_to_tasks(**bad)
+    typo = {
+        **kwargs,
+        "overwrite": True,
+        "tasks": {**kwargs["tasks"], "binary": {**tasks["binary"], "max_lenght": 8}},
+    }
+    with pytest.raises(ValueError, match=r"tasks.binary: .*max_lenght"):
+        adapt_to_tasks(**typo)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, "refused: output kept"
 
 
 def test_multitask_config_parses(capsys):
