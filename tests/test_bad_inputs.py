@@ -104,6 +104,13 @@ def student(**init_args) -> dict:
     return {"fit": {"model": {"class_path": "compress.modules.DistillationModule", "init_args": init_args}}}
 
 
+def adapt(task: dict | None = None, **settings) -> dict:
+    """A multitask stage on the teacher with one task (``news``) of these data settings."""
+    lora = {"class_path": "peft.LoraConfig", "init_args": {"r": 4, "target_modules": ["query", "value"]}}
+    tasks = {"news": {"source": "bbc_news", **(task or {})}}
+    return {"multitask": {"base": "{teacher}", "adapter": lora, "tasks": tasks, **settings}}
+
+
 def export_on_fit_end(path: str) -> list:
     return [{"class_path": "compress.callbacks.ExportOnFitEnd", "init_args": {"path": path}}]
 
@@ -212,6 +219,37 @@ PIPELINE_CASES = [  # changes to the one-stage pipeline, a fragment naming the f
         "data.label_column",
         "set data.label_names to the full class list",
         id="labels_outside_label_names",
+    ),
+    # a multitask stage after the fit stage: its task settings and trainer keys are checked before it trains
+    pytest.param(
+        {"stages.adapt": adapt({"max_lenght": 32})},
+        "stages.adapt.multitask.tasks.news: Option 'max_lenght'",
+        "did you mean max_length?",
+        id="multitask_task_setting_typo",
+    ),
+    pytest.param(
+        {"stages.adapt": adapt({"max_steps": 3})},
+        "stages.adapt.multitask.tasks.news: Option 'max_steps'",
+        "accepted: batch_size",
+        id="multitask_trainer_setting_under_a_task",
+    ),
+    pytest.param(
+        {"stages.adapt": adapt(trainer={"max_step": 3})},
+        "stages.adapt.multitask.trainer.max_step",
+        "did you mean max_steps?",
+        id="multitask_trainer_key_typo",
+    ),
+    pytest.param(
+        {"stages.adapt": adapt({"batch_size": "big"})},
+        "stages.adapt.multitask.tasks.news",
+        'Parser key "batch_size": Expected a <class \'int\'>',
+        id="multitask_task_setting_type",
+    ),
+    pytest.param(
+        {"stages.adapt": {"multitask": {**adapt()["multitask"], "tasks": {}}}},
+        "stages.adapt.multitask.tasks",
+        "map task names to data settings",
+        id="multitask_without_tasks",
     ),
     # an export at the end of a fit stage, to a folder that exists: refused in setup
     pytest.param(
@@ -453,6 +491,18 @@ EXPORT_CASES = [  # compress export arguments (teacher: a good model, out: a new
         "output: export path",
         "choose another path or pass overwrite=True",
         id="export_path_is_an_existing_file",
+    ),
+    pytest.param(
+        ["--model", "{teacher}", "--output", "inputs/export", "--overwrite", "true"],
+        "output: ",
+        "holds files compress did not write",
+        id="export_overwrite_of_a_folder_not_written_by_compress",
+    ),
+    pytest.param(
+        ["--model", "inputs/named_teacher", "--output", "inputs/", "--overwrite", "true"],
+        "output: ",
+        "holds model",
+        id="export_output_holds_the_model",
     ),
     pytest.param(
         ["--model", "inputs/no_model", "--output", "{out}"],

@@ -9,16 +9,16 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
-from jsonargparse import ArgumentError, ArgumentParser, auto_cli
+from jsonargparse import auto_cli
 from lightning.pytorch import Trainer, seed_everything
 from peft import PeftConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.assets import resolve_model_source
+from compress.commands.multitask_settings import check_task_settings
 from compress.data import TextClassificationDataModule
 from compress.export.folder import atomic_output, check_output
 from compress.modules import TaskModule
@@ -98,40 +98,6 @@ def _train_task(shared, name, datamodule, labels, out: Path, trainer: dict, lear
 
 def _empty_folder(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
-
-
-def check_multitask_settings(settings: dict, where: str) -> None:
-    """Checks `adapt_to_tasks` arguments, every task's data settings and the trainer's keys without building
-    anything (the pipeline calls it before its first stage runs)."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(adapt_to_tasks)
-    try:
-        parser.parse_object({**settings, "output": "unused", "overwrite": True})
-    except ArgumentError as err:
-        raise ValueError(f"{where}: {err}") from err
-    check_task_settings(settings.get("tasks"), f"{where}.tasks")
-    unknown = set(settings.get("trainer") or {}) - set(inspect.signature(Trainer).parameters)
-    if unknown:
-        raise ValueError(
-            f"{where}.trainer: unknown Trainer settings {sorted(unknown)}; use arguments of "
-            "lightning.pytorch.Trainer (e.g. accelerator, precision, limit_train_batches)."
-        )
-
-
-def check_task_settings(tasks: dict[str, dict], where: str = "tasks") -> None:
-    """Checks every task's `TextClassificationDataModule` settings (names and types) without loading data,
-    so that a typo in the last task fails before the first one trains."""
-    if not isinstance(tasks, dict) or not tasks:
-        raise ValueError(f"{where}: map task names to data settings, e.g. {{sst2: {{source: sst2}}}}.")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(TextClassificationDataModule)
-    for name, settings in tasks.items():
-        if not isinstance(settings, dict):
-            raise ValueError(f"{where}.{name}: {settings!r} is not a mapping of data settings.")
-        try:
-            parser.parse_object({"tokenizer": "base", **settings})
-        except ArgumentError as err:
-            raise ValueError(f"{where}.{name}: {err}") from err
 
 
 def _table(results: list[dict], base_bytes: int) -> str:

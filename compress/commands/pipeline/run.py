@@ -24,7 +24,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from compress.commands.multitask import check_multitask_settings
+from compress.commands.multitask_settings import check_multitask_settings
 from compress.commands.pipeline.claim import claim_output
 from compress.commands.pipeline.config import Pipeline, Stage, load_pipeline
 from compress.commands.pipeline.content import Meter, digest, input_digests, outputs_of, shared_data
