@@ -242,7 +242,7 @@ PIPELINE_CASES = [  # changes to the one-stage pipeline, a fragment naming the f
     pytest.param(
         {"stages.adapt": adapt({"batch_size": "big"})},
         "stages.adapt.multitask.tasks.news",
-        'Parser key "batch_size": Expected a <class \'int\'>',
+        "Parser key \"batch_size\": Expected a <class 'int'>",
         id="multitask_task_setting_type",
     ),
     pytest.param(
@@ -475,6 +475,62 @@ def test_cli_refuses_a_checkpoint_it_cannot_read(
         main(args)
     assert_says(str(refused.value), "ckpt_path: ", fix)
     assert not (tmp_path / "run").exists()
+
+
+def distill_config(teacher: str, layers: list[int], data: dict, root: Path) -> dict:
+    student = {"class_path": "compress.peft.StudentFromTeacher", "init_args": {"layers": layers}}
+    trainer = {"max_steps": 1, "logger": False, "enable_progress_bar": False, "limit_val_batches": 1}
+    return {
+        "model": {"class_path": "compress.modules.DistillationModule",
+                  "init_args": {"teacher": teacher, "student": student}},
+        "data": data,
+        "trainer": {**trainer, "num_sanity_val_steps": 0, "default_root_dir": str(root)},
+    }  # fmt: skip
+
+
+def _two_layers(tmp_path: Path) -> str:
+    folder = tmp_path / "two_layers"
+    tiny_bert(num_labels=3, layers=2).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind", ["student_settings", "written_in_python", "classifier_folder"])
+def test_cli_refuses_a_checkpoint_of_another_model(
+    kind, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path
+):
+    """LightningCLI would train the checkpoint's model instead of the configured one, without a word."""
+    if kind == "student_settings":  # a 1-layer student's checkpoint, a config for a 2-layer one
+        (tmp_path / "a.yaml").write_text(
+            yaml.safe_dump(distill_config(tiny_teacher_dir, [0], tiny_data_kwargs, tmp_path / "a"))
+        )
+        main(["fit", "--config", str(tmp_path / "a.yaml")])
+        (checkpoint,) = (tmp_path / "a").rglob("*.ckpt")
+        config = distill_config(tiny_teacher_dir, [0, 2], tiny_data_kwargs, tmp_path / "run")
+        field, fix = "model.init_args.student: ", "Resume with the config it was written with"
+    elif kind == "written_in_python":  # Trainer.fit in Python stores no model class for LightningCLI
+        checkpoint = inputs.root / "two_layer.ckpt"
+        config = distill_config(tiny_teacher_dir, [0], tiny_data_kwargs, tmp_path / "run")
+        field, fix = "ckpt_path: ", "resume it in Python with Trainer.fit(module, ckpt_path=...)"
+    else:  # a classifier fine-tuned from a 2-layer folder, a config that names the 4-layer one
+        classifier = {
+            "class_path": "compress.modules.TaskModule",
+            "init_args": {"model": _two_layers(tmp_path)},
+        }
+        (tmp_path / "a.yaml").write_text(
+            yaml.safe_dump({**distill_config("", [0], tiny_data_kwargs, tmp_path / "a"), "model": classifier})
+        )
+        main(["fit", "--config", str(tmp_path / "a.yaml")])
+        (checkpoint,) = (tmp_path / "a").rglob("*.ckpt")
+        classifier["init_args"]["model"] = tiny_teacher_dir
+        config = {**distill_config("", [0], tiny_data_kwargs, tmp_path / "run"), "model": classifier}
+        field, fix = "model.init_args.model: ", "two_layers' in the checkpoint"
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    before = snapshot(inputs.root)
+    with pytest.raises(ValueError) as refused:
+        main(["fit", "--config", str(tmp_path / "fit.yaml"), "--ckpt_path", str(checkpoint)])
+    assert_says(str(refused.value), field, fix)
+    assert not list((tmp_path / "run").rglob("*.ckpt")), "the refused run trained and saved"
+    assert snapshot(inputs.root) == before
 
 
 # --- compress export --------------------------------------------------------------------------------

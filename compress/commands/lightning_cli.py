@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from compress.commands.checkpoint_settings import check_checkpoint_settings
 from compress.data import TextClassificationDataModule
 from compress.safe_load import check_checkpoint_file
 
@@ -53,6 +54,7 @@ class CompressCLI(LightningCLI):
         if path and "://" not in str(path):
             fix = "pass the .ckpt of an earlier run of this config, or leave --ckpt_path out to start afresh"
             check_checkpoint_file(path, "ckpt_path", fix)
+            check_checkpoint_settings(path, settings.get("model"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Lightning's default progress bar redraws at every step; every PROGRESS_REFRESH steps is as

@@ -149,19 +149,21 @@ def _check_label_names(config, names: list[str], field: str) -> None:
 
 
 def check_checkpoint_matches(module: nn.Module, state: dict[str, Tensor], field: str = "ckpt_path") -> None:
-    """The checkpoint's weights belong to ``module``: none it lacks, none of another shape."""
+    """The checkpoint's weights belong to ``module``: none it lacks, none of another shape, none missing."""
     own = module.state_dict()
     foreign = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
     reshaped = [
         f"{key} {tuple(state[key].shape)} instead of {tuple(own[key].shape)}"
         for key in sorted(set(state) & set(own))
         if state[key].shape != own[key].shape
     ]
-    if foreign or reshaped:
+    if foreign or reshaped or missing:
+        example = (foreign or reshaped or [f"{missing[0]} not in the checkpoint"])[0]
         raise ValueError(
             f"{field}: the checkpoint holds another model's weights ({len(foreign)} this model lacks, "
-            f"{len(reshaped)} of another shape; e.g. {(foreign or reshaped)[0]}); pass a checkpoint written "
-            "with this model's settings, or leave ckpt_path out to start afresh"
+            f"{len(reshaped)} of another shape, {len(missing)} of this model missing; e.g. {example}); pass "
+            "a checkpoint written with this model's settings, or leave ckpt_path out to start afresh"
         )
 
 
