@@ -59,6 +59,8 @@ def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
     named.config.label2id = {name: i for i, name in named.config.id2label.items()}
     named.save_pretrained(root / "named_teacher")
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "named_teacher")
+    permuted_tokenizer(tokenizer_dir, root / "permuted_teacher")
+    tiny_bert(num_labels=3).save_pretrained(root / "permuted_teacher")
     (root / "export").mkdir()
     (root / "export" / "config.json").write_text('{"from": "an earlier export"}')
     (root / "a_file").write_text("not a folder")
@@ -70,6 +72,15 @@ def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
     )
     shutil.copy(next(run.rglob("*.ckpt")), root / "two_layer.ckpt")
     return SimpleNamespace(root=root, named_teacher=str(root / "named_teacher"))
+
+
+def permuted_tokenizer(source: str, folder: Path) -> None:
+    """The tokenizer of ``source`` with the ids of "great" and "awful" swapped: same size, other ids."""
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["great"], vocab["awful"] = vocab["awful"], vocab["great"]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
 
 
 # --- compress pipeline --config ----------------------------------------------------------------------
@@ -324,6 +335,12 @@ def small_vocabulary_bert():
 
 
 FIT_CASES = [  # (inputs, teacher, fit) -> builds a module and fits it; the field; the fix
+    pytest.param(
+        lambda i, teacher, fit: fit(DistillationModule(f"{i.root}/permuted_teacher")),
+        "model.teacher: its tokenizer",
+        "set data.teacher_tokenizer to",
+        id="teacher_tokenizer_same_size_other_ids",
+    ),
     pytest.param(
         lambda i, teacher, fit: fit(DistillationModule(teacher, student=tiny_bert(num_labels=2, layers=1))),
         "model.student",

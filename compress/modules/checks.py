@@ -195,6 +195,26 @@ def check_same_tokenizer(teachers, student) -> None:
             _check_tokenizer_pair(teacher, student)
 
 
+def check_tokenizer_matches(source, tokenizer, field: str) -> None:
+    """A model given as a folder or alias whose own tokenizer maps tokens to other ids than the data's
+    ``tokenizer`` (even at the same vocabulary size) would read every id as another token: refused."""
+    if not isinstance(source, str) or tokenizer is None:
+        return
+    try:
+        own = load_tokenizer(source, field)
+    except ValueError:  # a folder without tokenizer files: nothing to compare
+        return
+    if same_tokenizer(own, tokenizer):
+        return
+    theirs, data = own.get_vocab(), tokenizer.get_vocab()
+    token = next((t for t in sorted(data) if theirs.get(t) != data[t]), None) or "(the tokenizer class)"
+    raise ValueError(
+        f"{field}: its tokenizer ({source!r}) turns text into other ids than data.tokenizer "
+        f"(e.g. {token!r}: {theirs.get(token)} against {data.get(token)}); set data.teacher_tokenizer to "
+        f"{source!r} so that it gets its own tokenisation, or use its tokenizer as data.tokenizer"
+    )
+
+
 def _check_tokenizer_pair(teacher: str, student: str) -> None:
     try:
         ours, theirs = load_tokenizer(student, "model.student"), load_tokenizer(teacher, "model.teacher")

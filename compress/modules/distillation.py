@@ -34,6 +34,7 @@ from compress.modules.checks import (
     check_distillation_settings,
     check_model_matches_data,
     check_same_tokenizer,
+    check_tokenizer_matches,
     check_teacher_student,
     check_teachers_agree,
 )
@@ -185,10 +186,13 @@ class DistillationModule(L.LightningModule):
                 "model.intermediate: layer matching needs the same token positions in both models, "
                 "but data.teacher_tokenizer differs from data.tokenizer; drop one of the two settings"
             )
-        for t in self.teachers:
+        sources = self.hparams.teacher if isinstance(self.hparams.teacher, list) else [self.hparams.teacher]
+        for t, source in zip(self.teachers, sources, strict=False):
             check_model_matches_data(
                 t, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"
             )
+            if shared_inputs:
+                check_tokenizer_matches(source, getattr(datamodule, "tokenizer", None), "model.teacher")
         name_labels(self.student, datamodule)
         if self.task == "causal_lm" and getattr(datamodule, "tokenizer", None) is not None:
             self.vocab_size = len(datamodule.tokenizer)  # embeddings may be padded beyond it
