@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,30 @@ def load_pretrained(cls: Any, source: str | Path, field: str, **kwargs: Any) -> 
     return cls.from_pretrained(source, use_safetensors=True, **kwargs)
 
 
+def check_model_folder(folder: str | Path, field: str) -> None:
+    """A model folder without ``config.json``, or whose safetensors weights are truncated or not safetensors
+    at all, is refused naming ``field`` (only the file headers are read)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{field}: {folder} has no config.json; a Hugging Face model folder holds config.json beside its "
+            "weights: write it with model.save_pretrained(folder), or give the folder that has them"
+        )
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{field}: {weights} is damaged ({err}); write the folder again with "
+                "model.save_pretrained(folder), or copy it whole from where it was made"
+            ) from err
+
+
 def pickled_weights(folder: Path) -> str | None:
     """The pickled weights file transformers would read from ``folder`` (not a folder, or safe: None)."""
     if not folder.is_dir():
@@ -65,7 +90,16 @@ def check_checkpoint_file(path: str | Path, field: str, fix: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{field}: {path} does not exist; {fix}")
+    with path.open("rb") as head:
+        is_zip = head.read(4) == b"PK\x03\x04"  # torch.save and Lightning write zip archives
+    if not is_zip:
+        raise ValueError(
+            f"{field}: {path} is not a torch checkpoint (a pickle or another file: not the zip format "
+            f"torch.save and Lightning write; it was not unpickled); {fix}"
+        )
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError) as err:  # OSError: mmap of a truncated file
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # OSError: mmap, truncated
         raise ValueError(f"{field}: {path} is damaged ({str(err).split('.')[0]}); {fix}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{field}: {path} is not a Lightning checkpoint (it holds no state_dict); {fix}")

@@ -606,3 +606,73 @@ def test_export_refuses(args, field, fix, inputs, tiny_teacher_dir, tmp_path):
     assert_says(str(refused.value), field, fix)
     assert not out.exists(), "a refused export left a partial folder"
     assert snapshot(inputs.root) == before
+
+
+# --- damaged or foreign files where a model or checkpoint is expected ---------------------------------
+
+
+def damaged_model_folder(good: str, root: Path, damage: str) -> Path:
+    folder = root / damage
+    shutil.copytree(good, folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:-64])
+    elif damage == "random_weights":
+        weights.write_bytes(bytes(range(256)) * 40)
+    elif damage == "no_config":
+        (folder / "config.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "fix"),
+    [
+        pytest.param("truncated_weights", "is damaged", id="model_weights_truncated"),
+        pytest.param("random_weights", "is damaged", id="model_weights_not_safetensors"),
+        pytest.param("no_config", "has no config.json", id="model_folder_without_config"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["export", "distill"])
+def test_a_damaged_model_folder_is_refused_by_name(
+    damage, fix, entry, tiny_teacher_dir, tiny_data_kwargs, tmp_path
+):
+    folder = damaged_model_folder(tiny_teacher_dir, tmp_path, damage)
+    before = snapshot(folder)
+    with pytest.raises(ValueError) as refused:
+        if entry == "export":
+            main(["export", "--model", str(folder), "--output", str(tmp_path / "out"), "--onnx", "false"])
+        else:
+            DistillationModule(str(folder))
+    assert_says(str(refused.value), "model: " if entry == "export" else "model.teacher: ", fix)
+    assert snapshot(folder) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "fix"),
+    [
+        pytest.param("pickle", "is not a torch checkpoint", id="ckpt_path_a_pickle"),
+        pytest.param("tensors", "is not a Lightning checkpoint", id="ckpt_path_torch_save_of_tensors"),
+    ],
+)
+def test_cli_refuses_a_file_that_is_not_a_lightning_checkpoint(
+    content, fix, tiny_teacher_dir, tiny_data_kwargs, tmp_path
+):
+    import pickle
+
+    import torch
+
+    path = tmp_path / "model.ckpt"
+    if content == "pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}, "note": "x" * 2000}))
+    else:
+        torch.save({"weight": torch.zeros(3)}, path)
+    config = {
+        "model": {"class_path": "compress.modules.TaskModule", "init_args": {"model": tiny_teacher_dir}},
+        "data": tiny_data_kwargs,
+        "trainer": {"max_steps": 1, "logger": False, "default_root_dir": str(tmp_path / "run")},
+    }
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError) as refused:
+        main(["fit", "--config", str(tmp_path / "fit.yaml"), "--ckpt_path", str(path)])
+    assert_says(str(refused.value), "ckpt_path: ", fix)
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -105,18 +106,47 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         ValueError: ``path`` exists and ``overwrite`` is False (before the block runs).
     """
     path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(path)
-    # A dot-prefixed sibling: same file system as `path` (rename is atomic) and hidden from listings.
-    prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
-    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
+    with _named_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(path)
+        # A dot-prefixed sibling: same file system as `path` (rename is atomic) and hidden from listings.
+        prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+        staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
     try:
-        yield staging
-        (staging / MARKER).write_text("written by compress; `overwrite` may replace this folder\n")
-        with_user_permissions(staging)
-        _move_into_place(staging, path, overwrite)
+        with _named_write_errors(path):
+            yield staging
+            (staging / MARKER).write_text("written by compress; `overwrite` may replace this folder\n")
+            with_user_permissions(staging)
+            _move_into_place(staging, path, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space, or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space, or choose a folder on another disk",
+    errno.EACCES: "no permission to write there: choose a folder you can write to",
+    errno.EPERM: "no permission to write there: choose a folder you can write to",
+    errno.EROFS: "the file system is read-only: choose a folder on a writable disk",
+}
+
+
+@contextmanager
+def _named_write_errors(path: Path) -> Iterator[None]:
+    """A full disk or a folder one may not write (also as the safetensors writer reports them) becomes an
+    OSError naming the output and the fix; nothing is left at ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_FIXES:
+            raise
+        raise OSError(err.errno, f"cannot write {path} ({err.strerror}); {WRITE_FIXES[err.errno]}") from err
+    except Exception as err:
+        code = re.search(r"code: (\d+)", str(err)) if type(err).__name__ == "SafetensorError" else None
+        if code is None or int(code[1]) not in WRITE_FIXES:
+            raise
+        fix = WRITE_FIXES[int(code[1])]
+        raise OSError(int(code[1]), f"cannot write {path} ({os.strerror(int(code[1]))}); {fix}") from err
 
 
 def with_user_permissions(root: Path) -> None:

@@ -34,9 +34,9 @@ from compress.modules.checks import (
     check_distillation_settings,
     check_model_matches_data,
     check_same_tokenizer,
-    check_tokenizer_matches,
     check_teacher_student,
     check_teachers_agree,
+    check_tokenizer_matches,
 )
 from compress.modules.evaluation import ClassifierEvaluation
 from compress.modules.lm_evaluation import LanguageModelEvaluation

@@ -36,7 +36,7 @@ from compress.export.prepare import CAUSAL_LM_CLASSES
 from compress.peft.adapters import AdapterConfig, attach_adapter, peft_config_to_dict
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
-from compress.safe_load import load_pretrained
+from compress.safe_load import check_model_folder, load_pretrained
 from compress.stored import to_stored
 
 ModelSource = str | nn.Module | StudentFromTeacher
@@ -130,9 +130,11 @@ def name_labels(model: nn.Module, datamodule) -> None:
 def resolve_source(source: str, field: str) -> str:
     """`resolve_model_source`, with the setting ``field`` named in its error."""
     try:
-        return resolve_model_source(source)
+        path = resolve_model_source(source)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{field}: {err}") from err
+    check_model_folder(path, field)
+    return path
 
 
 def _is_classifier(config) -> bool:

@@ -66,3 +66,30 @@ def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
         with pytest.raises(ValueError, match=r"output: .* holds model .* choose an output folder outside it"):
             check_holds_no_input(output, {"model": source, "adapters": None})
     check_holds_no_input(tmp_path / "export", {"model": source})  # a sibling folder is fine
+
+
+@pytest.mark.parametrize("failure", ["disk_full", "read_only", "safetensors_disk_full"])
+def test_a_failed_write_names_the_output_and_the_fix_and_leaves_nothing(
+    failure, tmp_path, tokenizer_dir, monkeypatch
+):
+    import errno
+
+    from safetensors import SafetensorError
+
+    errors = {
+        "disk_full": OSError(errno.ENOSPC, "No space left on device"),
+        "read_only": PermissionError(errno.EACCES, "Permission denied"),
+        "safetensors_disk_full": SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+            'message: "No space left on device" })'
+        ),
+    }
+
+    def failing_write(*args, **kwargs):
+        raise errors[failure]
+
+    model = tiny_bert(layers=1)
+    monkeypatch.setattr(model, "save_pretrained", failing_write)
+    with pytest.raises(OSError, match=r"cannot write .*hf .*(free some space|choose a folder you can write)"):
+        export_hf(model, AutoTokenizer.from_pretrained(tokenizer_dir), tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []
