@@ -59,6 +59,13 @@ def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
     named.config.label2id = {name: i for i, name in named.config.id2label.items()}
     named.save_pretrained(root / "named_teacher")
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "named_teacher")
+    scores = "".join(
+        f"{r.split(',')[0]},{(i * 37 % 100) / 100 + 0.005},{i}\n" for i, r in enumerate(rows[1:])
+    )
+    (root / "scores.csv").write_text(rows[0] + "\n" + scores)
+    (root / "latin1.csv").write_bytes(
+        (rows[0] + "\n" + "".join(f"café crème,positive,{i}\n" for i in range(60))).encode("latin-1")
+    )
     permuted_tokenizer(tokenizer_dir, root / "permuted_teacher")
     tiny_bert(num_labels=3).save_pretrained(root / "permuted_teacher")
     (root / "export").mkdir()
@@ -219,6 +226,13 @@ PIPELINE_CASES = [  # changes to the one-stage pipeline, a fragment naming the f
     pytest.param(
         {"data.label_column": "stars"}, "data.label_column", "available: ['review'", id="label_column_missing"
     ),
+    pytest.param(
+        {"data.source": "inputs/scores.csv"},
+        "data.label_column: ",
+        "holds continuous scores",
+        id="continuous_scores_as_labels",
+    ),
+    pytest.param({"data.source": "inputs/latin1.csv"}, "data.source: ", "save it as UTF-8", id="latin1_file"),
     pytest.param(
         {"data.source": "inputs/one_class.csv"},
         "model.num_labels",

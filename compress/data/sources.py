@@ -124,6 +124,8 @@ def load_external(
         if path.stat().st_size == 0:
             raise ValueError(f"data.source: file {source!r} is empty; pass a file with {expected}")
         (builder, kwargs), files = file_builders[suffix], str(path)
+    if files == str(path):
+        _check_utf8(path)
     try:
         loaded = datasets.load_dataset(builder, data_files=files, **kwargs)
     except Exception as err:
@@ -135,6 +137,22 @@ def load_external(
     if split not in loaded:
         raise ValueError(f"data.split: {split!r} not in {sorted(loaded)}; set split to one of them")
     return loaded[split]
+
+
+def _check_utf8(path: Path) -> None:
+    """A text file in another encoding (latin-1, cp1252) is refused by name: `datasets` reads UTF-8."""
+    if path.suffix.lower() == ".parquet":
+        return
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"data.source: {str(path)!r} is not UTF-8 text (line {number} has byte "
+                    f"{line[err.start]:#04x}, e.g. latin-1 or cp1252); save it as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+                ) from err
 
 
 def _to_classification(ds, text_column: str, label_column: str, label_names, source: str):
@@ -162,6 +180,13 @@ def _label_encoder(values: list, label_names, source: str) -> tuple[list[str], C
     """Class names and a value -> id function; integer labels are ids, anything else a class name."""
     if any(v is None for v in values):
         raise ValueError(f"data.label_column: {source!r} has rows without a label; drop them or fill them in")
+    continuous = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
+    if continuous and label_names is None:
+        raise ValueError(
+            f"data.label_column: {source!r} holds continuous scores ({len(values)} distinct values, e.g. "
+            f"{continuous[0]}), not classes; a classifier needs class labels: bin the scores into classes "
+            "first, or set data.label_column to the column of classes"
+        )
     if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         names = [str(n) for n in label_names] if label_names else [str(i) for i in range(max(values) + 1)]
         unknown = sorted(v for v in values if v >= len(names))
