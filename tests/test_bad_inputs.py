@@ -66,6 +66,9 @@ def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
     (root / "latin1.csv").write_bytes(
         (rows[0] + "\n" + "".join(f"café crème,positive,{i}\n" for i in range(60))).encode("latin-1")
     )
+    named.save_pretrained(root / "damaged_model")
+    weights = root / "damaged_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
     permuted_tokenizer(tokenizer_dir, root / "permuted_teacher")
     tiny_bert(num_labels=3).save_pretrained(root / "permuted_teacher")
     (root / "export").mkdir()
@@ -276,6 +279,43 @@ PIPELINE_CASES = [  # changes to the one-stage pipeline, a fragment naming the f
         "map task names to data settings",
         id="multitask_without_tasks",
     ),
+    # models named by path in non-fit stages: checked before the first stage trains
+    pytest.param(
+        {"stages.export": {"export": {"model": "inputs/missing_model"}}},
+        "stages.export.export.model: ",
+        "pass an existing folder",
+        id="export_stage_model_missing",
+    ),
+    pytest.param(
+        {"stages.base": {"load": {"model": "inputs/damaged_model"}}},
+        "stages.base.load.model: ",
+        "is damaged",
+        id="load_stage_model_damaged",
+    ),
+    pytest.param(
+        {"stages.adapt": {"multitask": {**adapt()["multitask"], "base": "inputs/missing_model"}}},
+        "stages.adapt.multitask.base: ",
+        "pass an existing folder",
+        id="multitask_base_missing",
+    ),
+    pytest.param(
+        {"stages.report": {"report": {"models": {"teacher": "{teacher}", "old": "inputs/old.onnx"}}}},
+        "stages.report.report.models.old: ",
+        "does not exist; give a model folder or .onnx file",
+        id="report_model_file_missing",
+    ),
+    pytest.param(
+        {"stages.pruned": {"prune": {"model": "{teacher}", "ffn_ratio": 0.5}}},
+        "stages.pruned.prune",
+        "needs the shared `data: {class_path: compress.data.LanguageModelingDataModule",
+        id="prune_stage_in_a_classification_pipeline",
+    ),
+    pytest.param(
+        {"data.source": "inputs/export"},
+        "data.source",
+        "Use a built-in source",
+        id="data_source_is_a_folder",
+    ),
     # an export at the end of a fit stage, to a folder that exists: refused in setup
     pytest.param(
         {f"{FIT}.trainer.callbacks": export_on_fit_end("inputs/export")},
@@ -297,11 +337,32 @@ def run_pipeline_config(config: dict, tmp_path: Path) -> Path:
 def test_pipeline_refuses(changes, field, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
     config = changed(base_pipeline(tiny_teacher_dir, tiny_data_kwargs), changes, inputs)
     before = snapshot(inputs.root)
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises((ValueError, FileNotFoundError)) as refused:
         run_pipeline_config(config, tmp_path)
     assert_says(str(refused.value), field, fix)
     assert not (tmp_path / "run").exists(), "a refused run left a partial run folder"
     assert snapshot(inputs.root) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fix"),
+    [
+        pytest.param(
+            ["--set", "trainer.max_stepz=1"], "stages.teacher.fit", "max_stepz", id="set_override_typo"
+        ),
+        pytest.param(["--output", "inputs/a_file"], "--output: ", "is a file", id="output_is_a_file"),
+    ],
+)
+def test_pipeline_command_refuses(extra, field, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
+    config = tmp_path / "one.yaml"
+    config.write_text(yaml.safe_dump(base_pipeline(tiny_teacher_dir, tiny_data_kwargs), sort_keys=False))
+    extra = [a.replace("inputs/", f"{inputs.root}/") for a in extra]
+    output = [] if "--output" in extra else ["--output", str(tmp_path / "run")]
+    before = snapshot(inputs.root)
+    with pytest.raises(ValueError) as refused:
+        main(["pipeline", "--config", str(config), *output, *extra])
+    assert_says(str(refused.value), field, fix)
+    assert not (tmp_path / "run").exists() and snapshot(inputs.root) == before
 
 
 def test_pipeline_refusal_keeps_the_previous_run(inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):

@@ -24,19 +24,17 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from compress.commands.multitask_settings import check_multitask_settings
+from compress.commands.pipeline.checks import check_stages
 from compress.commands.pipeline.claim import claim_output
 from compress.commands.pipeline.config import Pipeline, Stage, load_pipeline
 from compress.commands.pipeline.content import Meter, digest, input_digests, outputs_of, shared_data
 from compress.commands.pipeline.fit import (
-    check_fit_settings,
     read_manifest,
     restore_set_aside,
     run_fit_stage,
     write_manifest,
 )
 from compress.commands.pipeline.stages import (
-    language_modeling_settings,
     run_export,
     run_load,
     run_multitask,
@@ -71,13 +69,7 @@ def run_pipeline(
     """Runs (or reuses) every stage; returns one summary row per stage."""
     pipeline = load_pipeline(config, output)
     overrides = overrides or []
-    for stage in pipeline.stages:  # a typo in the last stage fails now, not after the first ones trained
-        if stage.kind == "fit":
-            check_fit_settings(stage.name, stage.settings, overrides)
-        if stage.kind == "prune":
-            language_modeling_settings(pipeline.data, f"stages.{stage.name}.prune")
-        if stage.kind == "multitask":
-            check_multitask_settings(stage.settings, f"stages.{stage.name}.multitask")
+    check_stages(pipeline, overrides)  # a typo in the last stage fails now, not after the first ones trained
     print(f"[pipeline] {pipeline.name}: {len(pipeline.stages)} stages into {pipeline.output}")
     with claim_output(pipeline.output, "--output"):
         rows = _run_stages(pipeline, overrides)
