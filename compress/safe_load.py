@@ -99,7 +99,13 @@ def check_checkpoint_file(path: str | Path, field: str, fix: str) -> None:
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # OSError: mmap, truncated
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{field}: {path} holds pickled objects besides tensors and plain data, which are not loaded "
+            f"(unpickling can run code; {str(err).splitlines()[0]}); if you trust the file, load it with "
+            f"weights_only=False (`--weights_only false`); else {fix}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:  # OSError: mmap of a truncated file
         raise ValueError(f"{field}: {path} is damaged ({str(err).split('.')[0]}); {fix}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{field}: {path} is not a Lightning checkpoint (it holds no state_dict); {fix}")

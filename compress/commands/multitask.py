@@ -18,7 +18,7 @@ from peft import PeftConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.assets import resolve_model_source
-from compress.commands.multitask_settings import check_task_settings
+from compress.commands.multitask_settings import check_task_settings, check_trainer_keys
 from compress.data import TextClassificationDataModule
 from compress.export.folder import atomic_output, check_output
 from compress.modules import TaskModule
@@ -55,6 +55,7 @@ def adapt_to_tasks(
     """
     out = check_output(output, overwrite or _empty_folder(Path(output)), "output")
     check_task_settings(tasks)
+    check_trainer_keys(trainer, "trainer")
     base_path = resolve_model_source(base)
     data = {
         name: TextClassificationDataModule(**{"tokenizer": base_path, **settings})

@@ -1,12 +1,10 @@
-"""The settings of `compress multitask`, checked without building anything: its arguments, every task's
-data settings and the trainer's keys. The pipeline checks a multitask stage this way before its first
-stage runs, so that a typo in the last task's settings fails before anything trains.
+"""The settings of `compress multitask`, checked without building anything: every task's data settings
+and the trainer's keys (the pipeline also checks the command's own arguments before its first stage runs),
+so that a typo in the last task's settings fails before anything trains.
 
 Example:
-    >>> lora = {"class_path": "peft.LoraConfig", "init_args": {"r": 4}}
-    >>> task = {"source": "bbc_news", "max_lenght": 32}
     >>> try:
-    ...     check_multitask_settings({"base": "student", "adapter": lora, "tasks": {"news": task}}, "adapt")
+    ...     check_task_settings({"news": {"source": "bbc_news", "max_lenght": 32}}, "adapt.tasks")
     ... except ValueError as refused:
     ...     print(str(refused).split("; accepted")[0])
     adapt.tasks.news: Option 'max_lenght' is not accepted; did you mean max_length?
@@ -24,26 +22,6 @@ from lightning.pytorch import Trainer
 from compress.data import TextClassificationDataModule
 
 
-def check_multitask_settings(settings: dict, where: str) -> None:
-    """Refuses unknown or mistyped `adapt_to_tasks` arguments, task settings and trainer keys, naming them."""
-    from compress.commands.multitask import adapt_to_tasks  # that module imports this one
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(adapt_to_tasks)
-    try:
-        parser.parse_object({**settings, "output": "unused", "overwrite": True})
-    except ArgumentError as err:
-        raise ValueError(f"{where}: {_explained(err, inspect.signature(adapt_to_tasks).parameters)}") from err
-    check_task_settings(settings.get("tasks"), f"{where}.tasks")
-    accepted = inspect.signature(Trainer).parameters
-    for key in settings.get("trainer") or {}:
-        if key not in accepted:
-            raise ValueError(
-                f"{where}.trainer.{key}: not a Trainer setting{_suggestion(key, accepted)}; use arguments "
-                "of lightning.pytorch.Trainer (e.g. accelerator, precision, limit_train_batches)."
-            )
-
-
 def check_task_settings(tasks: dict[str, dict], where: str = "tasks") -> None:
     """Checks every task's `TextClassificationDataModule` settings (names and types) without loading data."""
     if not isinstance(tasks, dict) or not tasks:
@@ -57,10 +35,21 @@ def check_task_settings(tasks: dict[str, dict], where: str = "tasks") -> None:
         try:
             parser.parse_object({"tokenizer": "base", **settings})
         except ArgumentError as err:
-            raise ValueError(f"{where}.{name}: {_explained(err, accepted)}") from err
+            raise ValueError(f"{where}.{name}: {explained(err, accepted)}") from err
 
 
-def _explained(err: ArgumentError, accepted) -> str:
+def check_trainer_keys(trainer: dict | None, where: str) -> None:
+    """Every key of a ``trainer`` mapping is a `Trainer` argument (the nearest one is suggested)."""
+    accepted = inspect.signature(Trainer).parameters
+    for key in trainer or {}:
+        if key not in accepted:
+            raise ValueError(
+                f"{where}.{key}: not a Trainer setting{_suggestion(key, accepted)}; use arguments "
+                "of lightning.pytorch.Trainer (e.g. accelerator, precision, limit_train_batches)."
+            )
+
+
+def explained(err: ArgumentError, accepted) -> str:
     """jsonargparse's complaint, with the nearest accepted name for an unknown one and the list of names."""
     text = " ".join(str(err).split())
     unknown = re.search(r"Option '([^']+)' is not accepted", text)

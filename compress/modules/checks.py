@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from torch import Tensor, nn
 
+from compress.assets import resolve_model_source
 from compress.data.tokenizer import load_tokenizer, same_tokenizer
 from compress.modules.loading import task_of
 
@@ -198,11 +200,11 @@ def check_same_tokenizer(teachers, student) -> None:
 def check_tokenizer_matches(source, tokenizer, field: str) -> None:
     """A model given as a folder or alias whose own tokenizer maps tokens to other ids than the data's
     ``tokenizer`` (even at the same vocabulary size) would read every id as another token: refused."""
-    if not isinstance(source, str) or tokenizer is None:
+    if not isinstance(source, str) or tokenizer is None or not has_tokenizer_files(source):
         return
     try:
         own = load_tokenizer(source, field)
-    except ValueError:  # a folder without tokenizer files: nothing to compare
+    except ValueError:  # files transformers cannot read: the data's tokenizer is what is used
         return
     if same_tokenizer(own, tokenizer):
         return
@@ -213,6 +215,19 @@ def check_tokenizer_matches(source, tokenizer, field: str) -> None:
         f"(e.g. {token!r}: {theirs.get(token)} against {data.get(token)}); set data.teacher_tokenizer to "
         f"{source!r} so that it gets its own tokenisation, or use its tokenizer as data.tokenizer"
     )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer_files(source: str) -> bool:
+    """Whether the folder (or alias) ``source`` holds a tokenizer of its own; transformers would otherwise
+    make up an empty one for a bare model folder."""
+    try:
+        folder = Path(resolve_model_source(source))
+    except FileNotFoundError:
+        return False
+    return folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 def _check_tokenizer_pair(teacher: str, student: str) -> None:

@@ -186,7 +186,8 @@ class DistillationModule(L.LightningModule):
                 "model.intermediate: layer matching needs the same token positions in both models, "
                 "but data.teacher_tokenizer differs from data.tokenizer; drop one of the two settings"
             )
-        sources = self.hparams.teacher if isinstance(self.hparams.teacher, list) else [self.hparams.teacher]
+        given = self.hparams.get("teacher")  # a path or alias (a module is not stored)
+        sources = given if isinstance(given, list) else [given]
         for t, source in zip(self.teachers, sources, strict=False):
             check_model_matches_data(
                 t, datamodule, "model.teacher", "tokenizer" if shared_inputs else "teacher_tokenizer"

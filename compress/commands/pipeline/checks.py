@@ -8,9 +8,13 @@ of the user's (not a ``{stage}`` placeholder) must exist and be a readable model
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
-from compress.commands.multitask_settings import check_multitask_settings
+from jsonargparse import ArgumentError, ArgumentParser
+
+from compress.commands.multitask import adapt_to_tasks
+from compress.commands.multitask_settings import check_task_settings, check_trainer_keys, explained
 from compress.commands.pipeline.config import PLACEHOLDER, Pipeline, Stage
 from compress.commands.pipeline.fit import check_fit_settings
 from compress.commands.pipeline.stages import language_modeling_settings
@@ -30,6 +34,18 @@ def check_stages(pipeline: Pipeline, overrides: list[str]) -> None:
         if stage.kind == "multitask":
             check_multitask_settings(stage.settings, where)
         _check_given_models(stage, where)
+
+
+def check_multitask_settings(settings: dict, where: str) -> None:
+    """`adapt_to_tasks` arguments, every task's data settings and the trainer's keys, named when wrong."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(adapt_to_tasks)
+    try:
+        parser.parse_object({**settings, "output": "unused", "overwrite": True})
+    except ArgumentError as err:
+        raise ValueError(f"{where}: {explained(err, inspect.signature(adapt_to_tasks).parameters)}") from err
+    check_task_settings(settings.get("tasks"), f"{where}.tasks")
+    check_trainer_keys(settings.get("trainer"), f"{where}.trainer")
 
 
 def _check_given_models(stage: Stage, where: str) -> None:
