@@ -82,9 +82,10 @@ def pickled_weights(folder: Path) -> str | None:
     return next((p.name for p in sorted(folder.glob("pytorch_model*.bin*"))), None)
 
 
-def check_checkpoint_file(path: str | Path, field: str, fix: str) -> None:
+def check_checkpoint_file(path: str | Path, field: str, fix: str) -> dict:
     """A checkpoint that is missing, truncated or corrupted (e.g. a run killed while writing it) fails here,
-    with ``field`` and ``fix`` in the message, before anything is built from it."""
+    with ``field`` and ``fix`` in the message, before anything is built from it; returns the checkpoint
+    (memory-mapped tensors and plain data)."""
     import torch
 
     path = Path(path)
@@ -109,3 +110,4 @@ def check_checkpoint_file(path: str | Path, field: str, fix: str) -> None:
         raise ValueError(f"{field}: {path} is damaged ({str(err).split('.')[0]}); {fix}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{field}: {path} is not a Lightning checkpoint (it holds no state_dict); {fix}")
+    return checkpoint

@@ -25,15 +25,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 
 BOOKKEEPING = ("_instantiator", "_class_path")  # what LightningCLI adds to the stored hyper-parameters
 
 
-def check_checkpoint_settings(path: str | Path, model: Namespace) -> None:
-    """Refuses a checkpoint whose stored model class or settings differ from the configured ``model``."""
-    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+def check_checkpoint_settings(path: str | Path, stored: dict[str, Any], model: Namespace) -> None:
+    """Refuses the checkpoint at ``path``, whose hyper-parameters are ``stored``, when its model class or
+    settings differ from the configured ``model``."""
     if stored and "_class_path" not in stored:
         raise ValueError(
             f"ckpt_path: {path} was written outside `compress fit` (its hyper-parameters name no model "

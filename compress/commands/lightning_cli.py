@@ -53,8 +53,8 @@ class CompressCLI(LightningCLI):
         path = settings.get("ckpt_path")
         if path and "://" not in str(path):
             fix = "pass the .ckpt of an earlier run of this config, or leave --ckpt_path out to start afresh"
-            check_checkpoint_file(path, "ckpt_path", fix)
-            check_checkpoint_settings(path, settings.get("model"))
+            checkpoint = check_checkpoint_file(path, "ckpt_path", fix)
+            check_checkpoint_settings(path, checkpoint.get("hyper_parameters") or {}, settings.get("model"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Lightning's default progress bar redraws at every step; every PROGRESS_REFRESH steps is as

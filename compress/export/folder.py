@@ -112,14 +112,13 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         # A dot-prefixed sibling: same file system as `path` (rename is atomic) and hidden from listings.
         prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
         staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
-    try:
-        with _named_write_errors(path):
+        try:
             yield staging
             (staging / MARKER).write_text("written by compress; `overwrite` may replace this folder\n")
             with_user_permissions(staging)
             _move_into_place(staging, path, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 WRITE_FIXES = {

@@ -141,13 +141,15 @@ def read_manifest(folder: Path) -> dict:
 
 def write_manifest(
     folder: Path, fingerprint: str, result: dict, overrides: list[str] | None = None, outputs: list[Path] = ()
-) -> None:
-    """Written last: the fingerprint, the result and the digest of the stage's ``outputs`` as written."""
+) -> str | None:
+    """Written last: the fingerprint, the result and the digest of the stage's ``outputs`` as written;
+    returns that digest."""
     manifest = {"fingerprint": fingerprint, "overrides": overrides or [], "result": result,
                 "output_digest": digest(outputs)}  # fmt: skip
     text = json.dumps(manifest, indent=2)
     (folder / "manifest.json").write_text(text + "\n")
     (folder / "running.json").unlink(missing_ok=True)
+    return manifest["output_digest"]
 
 
 def _resumable_checkpoint(folder: Path, fingerprint: str) -> str | None:

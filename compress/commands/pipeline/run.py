@@ -132,8 +132,7 @@ def _run(pipeline: Pipeline, stage: Stage, fingerprint: str, overrides: list[str
     }
     result = runners[stage.kind]()
     folder.mkdir(parents=True, exist_ok=True)
-    write_manifest(folder, fingerprint, result, outputs=outputs)
-    return result, False, read_manifest(folder)["output_digest"]
+    return result, False, write_manifest(folder, fingerprint, result, outputs=outputs)
 
 
 def _fingerprint(*parts) -> str:
