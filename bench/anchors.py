@@ -37,7 +37,7 @@ ENCODER = [r"\.encoder\."]
 
 def encoder_linears(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
     """The encoder's Linear layers, by the rule MagnitudePruning applies (`select_targets`)."""
-    return [(m, "weight") for m in select_targets(model, include=ENCODER).values()]
+    return [(m, "weight") for m in select_targets(model, targets=ENCODER).values()]
 
 
 def sparsity(model: torch.nn.Module) -> float:
@@ -47,7 +47,7 @@ def sparsity(model: torch.nn.Module) -> float:
 
 def pruner(kind: str, module: TaskModule):
     if kind == "ours":
-        return MagnitudePruning(target_sparsity=AMOUNT, start_step=0, end_step=0, include=ENCODER)
+        return MagnitudePruning(target_sparsity=AMOUNT, start_step=0, end_step=0, targets=ENCODER)
     return ModelPruning(
         "l1_unstructured",
         parameters_to_prune=encoder_linears(module.model),
@@ -121,7 +121,7 @@ def latency_entries(student, quick: bool) -> list[Entry]:
     )
     dense = copy.deepcopy(student).eval()
     unstructured = copy.deepcopy(student).eval()
-    weights = {n: m.weight for n, m in select_targets(unstructured, include=ENCODER).items()}
+    weights = {n: m.weight for n, m in select_targets(unstructured, targets=ENCODER).items()}
     with torch.no_grad():
         for name, mask in magnitude_masks(weights, AMOUNT, "global").items():
             weights[name].mul_(mask)

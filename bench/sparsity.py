@@ -118,7 +118,7 @@ def structured(teacher, ratio: float, data, importance: str = "magnitude"):
 
 def build_variants(teacher, data, args) -> tuple[dict[str, torch.nn.Module], dict[str, dict]]:
     """All pruned (and recovered) variants, and what was done to each."""
-    pruning = MagnitudePruning(target_sparsity=0.5, start_step=0, end_step=0, include=[r"\.encoder\."])
+    pruning = MagnitudePruning(target_sparsity=0.5, start_step=0, end_step=0, targets=[r"\.encoder\."])
     recipes = {"unstructured_50": (lambda: copy.deepcopy(teacher), [pruning])}
     recipes.update({name: (lambda r=r: structured(teacher, r, data), []) for name, r in STRUCTURED.items()})
     if args.extras:

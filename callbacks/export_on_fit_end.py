@@ -6,15 +6,15 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from peft import PeftModel
 from torch import nn
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedModel
 from typing_extensions import override
 
 from compress.export import export_gguf, export_hf, export_onnx
 from compress.export.folder import check_output
 from compress.export.prepare import is_causal_lm
-
-from .network import trained_network
+from compress.sparsity.roles import trained_model
 
 
 class ExportOnFitEnd(Callback):
@@ -35,7 +35,8 @@ class ExportOnFitEnd(Callback):
         gguf_reference: the original model's GGUF file or alias (e.g. ``smollm2-135m``): its tokenizer
             metadata is copied when the tokenizer is unchanged.
         overwrite: replace existing folders.
-        module: attribute of the LightningModule holding the model (default: ``student``, else ``model``).
+        module: attribute of the LightningModule holding the model (default: the trained Hugging Face model,
+            found by structure: `compress.sparsity.roles.trained_model`).
         tokenizer: folder or alias of the tokenizer to save alongside (default: the datamodule's).
 
     Example:
@@ -111,12 +112,12 @@ class ExportOnFitEnd(Callback):
         return gguf_file_of(self.gguf_reference, "ExportOnFitEnd.gguf_reference")
 
     def _model(self, pl_module: LightningModule) -> nn.Module:
-        network = trained_network(pl_module, self.module)
-        if network is None:
+        network = trained_model(pl_module, self.module, "ExportOnFitEnd.module")
+        if not isinstance(network, (PreTrainedModel, PeftModel)):
             raise ValueError(
-                f"ExportOnFitEnd.module: the LightningModule has no submodule named "
-                f"{self.module or 'student or model'}; "
-                "pass module='<attribute holding the Hugging Face model>'."
+                f"ExportOnFitEnd.module: looked for one trained Hugging Face model in "
+                f"{type(pl_module).__name__}, found {type(network).__name__}; pass "
+                "module='<attribute holding the Hugging Face model>'"
             )
         return network
 

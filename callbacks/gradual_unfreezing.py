@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 
 from compress.peft.freezers import count_trainable, is_embedding
 from compress.peft.student import layer_container
+from compress.sparsity.roles import trained_model
 
 EMBEDDINGS = "embeddings"  # the label of the embeddings' stage
 GROUP_KEY = "unfrozen"  # marks the param groups this callback adds (kept in the optimizer's state dict)
@@ -47,8 +48,8 @@ class GradualUnfreezing(BaseFinetuning):
     grows the schedulers to match, before Lightning loads the optimizer and scheduler states. The names of
     the unfrozen stages are kept too, so their parameters require grad again.
 
-    The model is ``pl_module.<module_attr>``: by default ``model`` (`TaskModule`) or else ``student``
-    (`DistillationModule`).
+    The model is ``pl_module.<module>``, by default the trained Hugging Face model whatever its attribute
+    name (`compress.sparsity.roles.trained_model`: the one that is not a frozen teacher).
 
     Args:
         epochs_per_layer: epochs between two unfreezing steps (>= 1).
@@ -56,7 +57,7 @@ class GradualUnfreezing(BaseFinetuning):
         lr_factor: lr of the unfrozen layers relative to group 0 (> 0).
         freeze_embeddings: keep the embeddings frozen until after the first layer (the last step);
             False trains them from the start.
-        module_attr: attribute of the LightningModule holding the model (default: ``model``/``student``).
+        module: attribute of the LightningModule holding the model (default: found by structure).
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -70,7 +71,7 @@ class GradualUnfreezing(BaseFinetuning):
         start_epoch: int = 0,
         lr_factor: float = 1.0,
         freeze_embeddings: bool = True,
-        module_attr: str | None = None,
+        module: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(epochs_per_layer, int) or epochs_per_layer < 1:
@@ -89,7 +90,7 @@ class GradualUnfreezing(BaseFinetuning):
         self.start_epoch = start_epoch
         self.lr_factor = lr_factor
         self.freeze_embeddings = freeze_embeddings
-        self.module_attr = module_attr
+        self.module = module
         self._stages: dict[str, list[str]] = {}  # label → parameter names (of the model), in unfreezing order
         self._unfrozen: list[str] = []  # labels of the stages unfrozen so far
 
@@ -178,15 +179,7 @@ class GradualUnfreezing(BaseFinetuning):
         _grow_schedulers(trainer, optimizer, self.lr_factor)
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
-        names = [self.module_attr] if self.module_attr else ["model", "student"]
-        for name in names:
-            model = getattr(pl_module, name, None)
-            if isinstance(model, nn.Module):
-                return model
-        raise ValueError(
-            f"GradualUnfreezing.module_attr: {type(pl_module).__name__} has no nn.Module attribute "
-            f"{' or '.join(map(repr, names))}; pass module_attr='<attribute holding the transformer>'"
-        )
+        return trained_model(pl_module, self.module, "GradualUnfreezing.module")
 
 
 def _stages(model: nn.Module, freeze_embeddings: bool) -> dict[str, list[str]]:

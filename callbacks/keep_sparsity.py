@@ -27,7 +27,7 @@ from torch import nn
 from typing_extensions import override
 
 from compress.sparsity.magnitude import apply_masks, mask_mismatch, sparsity_of
-from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, select_targets
+from compress.sparsity.targets import Where, resolve_targets
 
 
 class KeepSparsity(Callback):
@@ -37,19 +37,19 @@ class KeepSparsity(Callback):
         masks: keep-masks by parameter name as `prune_oneshot` returns them (``model.layers.0...weight``);
             matched against the trained module's parameter names by suffix. Default: each target weight's
             non-zero pattern when training starts.
-        include, exclude, where: which weights (see `compress.sparsity.targets`); by default every
-            Linear/Conv weight except the teacher, adapters/LoRA and the output head.
+        targets, exclude, where: which weights (`compress.sparsity.targets`): by default every Linear/Conv
+            weight except the teacher, adapters/LoRA and the output layers, recognised by structure.
     """
 
     def __init__(
         self,
         masks: dict[str, torch.Tensor] | None = None,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = DEFAULT_EXCLUDE,
+        targets: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
         where: Where | None = None,
     ) -> None:
         self.given = masks
-        self.include, self.exclude, self.where = include, exclude, where
+        self.targets_given, self.exclude, self.where = targets, exclude, where
         self.masks: dict[str, torch.Tensor] = {}
         self.targets: dict[str, nn.Module] = {}
 
@@ -57,8 +57,7 @@ class KeepSparsity(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        found = select_targets(pl_module, self.include, self.exclude, self.where)
-        check_targets(found, "KeepSparsity")
+        found = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "KeepSparsity")
         self.targets = {f"{name}.weight": module for name, module in found.items()}
 
     @override

@@ -13,9 +13,8 @@ from typing_extensions import override
 
 from compress.sparsity import l1
 from compress.sparsity.groups import channel_groups
-from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, describe_targets, select_targets
-
-from .network import trained_network
+from compress.sparsity.roles import trained_model
+from compress.sparsity.targets import Where, describe_targets, resolve_targets
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
@@ -31,11 +30,11 @@ class L1Sparsity(Callback):
             after each step with threshold ``lr·λ``, giving exact zeros.
         groups: penalise whole channels (group lasso over torch-pruning's dependency groups: attention and
             FFN channels of a transformer, conv filters) instead of single weights.
-        module: attribute of the LightningModule holding the network to trace for ``groups`` (default: its
-            ``student`` or ``model`` attribute, else the LightningModule itself). The first training batch
+        module: attribute of the LightningModule holding the network to trace for ``groups`` (default: the
+            trained network, `compress.sparsity.roles.trained_model`). The first training batch
             (its ``input_ids``/``attention_mask``/... keys, or its first element) is the example input.
         near_zero: weights with ``|w|`` at most this count as zero in the logged ``l1/near_zero`` fraction.
-        include, exclude, where: which weights (see `compress.sparsity.targets`); frozen ones are skipped.
+        targets, exclude, where: which weights (`compress.sparsity.targets`); frozen ones are skipped.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -50,8 +49,8 @@ class L1Sparsity(Callback):
         groups: bool = False,
         module: str | None = None,
         near_zero: float = 1e-3,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = DEFAULT_EXCLUDE,
+        targets: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
         where: Where | None = None,
     ) -> None:
         if strength < 0:
@@ -62,7 +61,7 @@ class L1Sparsity(Callback):
             raise ValueError(f"mode must be 'subgradient' or 'proximal', got {mode!r}.")
         self.strength, self.warmup_steps, self.mode = strength, warmup_steps, mode
         self.use_groups, self.module, self.near_zero = groups, module, near_zero
-        self.include, self.exclude, self.where = include, exclude, where
+        self.targets_given, self.exclude, self.where = targets, exclude, where
         self.targets: dict[str, nn.Module] = {}
         self.groups: list[l1.ChannelGroup] | None = None
         self.last_step = -1
@@ -78,8 +77,7 @@ class L1Sparsity(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self.targets = select_targets(pl_module, self.include, self.exclude, self.where)
-        check_targets(self.targets, "L1Sparsity")
+        self.targets = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "L1Sparsity")
         rank_zero_info(f"L1Sparsity targets {describe_targets(self.targets)}")
 
     @override
@@ -149,16 +147,13 @@ class L1Sparsity(Callback):
         if not groups:
             raise ValueError(
                 "L1Sparsity(groups=True): torch-pruning found no channel group made only of target weights; "
-                "widen `include` or use groups=False."
+                "widen `targets` or use groups=False."
             )
         rank_zero_info(f"L1Sparsity: group lasso over {len(groups)} channel groups")
         return groups
 
     def _network(self, pl_module: LightningModule) -> nn.Module:
-        network = trained_network(pl_module, self.module)
-        if network is None and self.module is not None:
-            raise ValueError(f"L1Sparsity: module={self.module!r} is not a submodule of the LightningModule.")
-        return pl_module if network is None else network
+        return trained_model(pl_module, self.module, "L1Sparsity.module")
 
     @override
     def state_dict(self) -> dict[str, Any]:

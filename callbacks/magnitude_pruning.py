@@ -28,7 +28,7 @@ from compress.sparsity.magnitude import (
     sparsity_of,
 )
 from compress.sparsity.schedule import CubicSparsitySchedule
-from compress.sparsity.targets import DEFAULT_EXCLUDE, Where, check_targets, describe_targets, select_targets
+from compress.sparsity.targets import Where, describe_targets, resolve_targets
 
 
 class MagnitudePruning(Callback):
@@ -46,8 +46,9 @@ class MagnitudePruning(Callback):
             sparsity.
         pattern: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``): at most N non-zeros in every M consecutive
             input weights, applied once at ``start_step`` and kept.
-        include, exclude, where: which weights (see `compress.sparsity.targets`); by default every
-            Linear/Conv weight except the teacher, adapters/LoRA and the classifier head.
+        targets, exclude, where: which weights (`compress.sparsity.targets`): by default every Linear/Conv
+            weight except the teacher, adapters/LoRA and the output layers, recognised by structure;
+            ``targets=[patterns]`` chooses exactly, ``exclude=[patterns]`` drops.
         rewind_step: lottery-ticket rewinding, off by default: the weights seen after this step are stored
             and, once the target is reached, the surviving weights are reset to them.
 
@@ -65,8 +66,8 @@ class MagnitudePruning(Callback):
         frequency: int = 100,
         scope: Scope = "global",
         pattern: str = "unstructured",
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = DEFAULT_EXCLUDE,
+        targets: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
         where: Where | None = None,
         rewind_step: int | None = None,
     ) -> None:
@@ -84,7 +85,7 @@ class MagnitudePruning(Callback):
         # Validate now (before training), with a provisional end step.
         CubicSparsitySchedule(**self.schedule_args, end_step=start_step if end_step is None else end_step)
         self.end_step = start_step if self.nm else end_step
-        self.include, self.exclude, self.where = include, exclude, where
+        self.targets_given, self.exclude, self.where = targets, exclude, where
         self.rewind_step = rewind_step
         self.masks: dict[str, torch.Tensor] = {}
         self.last_step = -1
@@ -115,8 +116,7 @@ class MagnitudePruning(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        found = select_targets(pl_module, self.include, self.exclude, self.where)
-        check_targets(found, "MagnitudePruning")
+        found = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "MagnitudePruning")
         self.targets = {f"{name}.weight": module for name, module in found.items()}
         rank_zero_info(f"MagnitudePruning targets {describe_targets(found)}")
 
@@ -181,7 +181,7 @@ class MagnitudePruning(Callback):
             name, shape, found = mismatch
             raise ValueError(
                 f"MagnitudePruning: saved mask for {name!r} has shape {shape} but the weight "
-                f"is {found}; the checkpoint comes from another model or target rule (include/exclude)."
+                f"is {found}; the checkpoint comes from another model or target rule (targets/exclude)."
             )
 
     @override

@@ -8,11 +8,11 @@ The Lightning side lives in `callbacks/` (`L1Sparsity`, `MagnitudePruning`, `Str
 from compress.sparsity.llm import llm_importance, prune_llm, prune_oneshot
 from compress.sparsity.magnitude import magnitude_masks, nm_mask, sparsity_of
 from compress.sparsity.merge import merge_lora_into_base, merge_lora_keep_sparsity
+from compress.sparsity.roles import register_teacher, trained_model
 from compress.sparsity.schedule import CubicSparsitySchedule
-from compress.sparsity.targets import DEFAULT_EXCLUDE, select_targets
+from compress.sparsity.targets import select_targets
 
 __all__ = [
-    "DEFAULT_EXCLUDE",
     "CubicSparsitySchedule",
     "llm_importance",
     "magnitude_masks",
@@ -21,6 +21,8 @@ __all__ = [
     "nm_mask",
     "prune_llm",
     "prune_oneshot",
+    "register_teacher",
     "select_targets",
     "sparsity_of",
+    "trained_model",
 ]

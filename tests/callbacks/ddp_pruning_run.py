@@ -73,10 +73,10 @@ def main(
         end_step=6,
         frequency=2,
         scope="layer",
-        include=[r"lora_A"],
+        targets=[r"lora_A"],
         exclude=[r"teacher"],
     )
-    l1 = L1Sparsity(strength=1e-3, include=[r"lora_"], exclude=[r"teacher"])
+    l1 = L1Sparsity(strength=1e-3, targets=[r"lora_"], exclude=[r"teacher"])
     global_batch = PER_RANK_BATCH * 2
     data = TextClassificationDataModule(
         source=csv,

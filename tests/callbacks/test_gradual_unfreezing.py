@@ -179,12 +179,13 @@ class Holder(LightningModule):
         self.net = tiny_bert()
 
 
-def test_the_model_attribute(tiny_data_kwargs):
-    assert GradualUnfreezing(module_attr="net")._model(Holder()) is not None
-    with pytest.raises(
-        ValueError, match=r"GradualUnfreezing.module_attr: Holder has no nn.Module attribute 'model'"
-    ):
-        GradualUnfreezing()._model(Holder())
+def test_the_model_found_by_structure_or_named(tiny_data_kwargs):
+    holder = Holder()
+    holder.big_model = tiny_bert().requires_grad_(False)  # a frozen teacher beside it, any name
+    assert GradualUnfreezing()._model(holder) is holder.net
+    assert GradualUnfreezing(module="big_model")._model(holder) is holder.big_model
+    with pytest.raises(ValueError, match=r"GradualUnfreezing.module: Holder has no submodule 'model'"):
+        GradualUnfreezing(module="model")._model(holder)
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def test_kd_lora_l1_and_magnitude_pruning_compose(tiny_teacher_dir, tiny_data_kw
         learning_rate=1e-2,
         adapter=LoraConfig(r=4, target_modules=["query", "value"]),
     )
-    l1_cb = L1Sparsity(strength=1e-3, include=[r"lora_"], exclude=[r"teacher"], mode="proximal")
+    l1_cb = L1Sparsity(strength=1e-3, targets=[r"lora_"], exclude=[r"teacher"], mode="proximal")
     pruning = MagnitudePruning(target_sparsity=0.5, start_step=1, end_step=6, frequency=2)
     fit(module, [l1_cb, pruning], {**tiny_data_kwargs, "transfer_fraction": 0.3}, steps=8)
     assert all("lora_" in name for name in l1_cb.targets) and len(l1_cb.targets) == 8

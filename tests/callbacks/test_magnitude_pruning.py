@@ -208,8 +208,8 @@ def test_bad_settings_fail_at_construction(kwargs, match):
 def test_nothing_to_prune_fails_before_training(tiny_data_kwargs):
     module = task()
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    with pytest.raises(ValueError, match="no weights to act on"):
-        fit(module, [MagnitudePruning(include=["no_such_layer"])], tiny_data_kwargs)
+    with pytest.raises(ValueError, match=r"MagnitudePruning.targets: \['no_such_layer'\] matches no"):
+        fit(module, [MagnitudePruning(targets=["no_such_layer"])], tiny_data_kwargs)
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
 
 
