@@ -3,6 +3,9 @@
 Installed as ``compress.callbacks``. They import the library, never `compress.modules` or the commands.
 Available now:
 
+- `Distillation`: knowledge distillation for any LightningModule: the callback owns the frozen teacher
+  (folder, alias, module or submodule; never optimized, never in a checkpoint, never pruned) and
+  `distillation_loss(self, logits, labels)` in ``training_step`` is the one changed line.
 - `GradualUnfreezing`: ULMFiT-style gradual unfreezing, one more layer from the top every few epochs,
   resumable (param groups and scheduler rebuilt before the optimizer state is restored).
 - `MagnitudePruning`: gradual (cubic) magnitude pruning, global/per-layer or N:M, masks kept in the
@@ -29,6 +32,7 @@ Example:
     ['MagnitudePruning', 'StopOnNonFiniteLoss']
 """
 
+from .distillation import Distillation, distillation_loss
 from .exact_resume import ExactResume
 from .export_on_fit_end import ExportOnFitEnd
 from .gradual_unfreezing import GradualUnfreezing
@@ -39,6 +43,7 @@ from .stop_on_non_finite_loss import StopOnNonFiniteLoss
 from .structured_pruning import StructuredPruning
 
 __all__ = [
+    "Distillation",
     "ExactResume",
     "ExportOnFitEnd",
     "GradualUnfreezing",
@@ -47,4 +52,5 @@ __all__ = [
     "MagnitudePruning",
     "StopOnNonFiniteLoss",
     "StructuredPruning",
+    "distillation_loss",
 ]

@@ -20,6 +20,8 @@ from compress.peft.freezers import count_trainable, is_embedding
 from compress.peft.student import layer_container
 from compress.sparsity.roles import trained_model
 
+from .param_groups import grow_schedulers
+
 EMBEDDINGS = "embeddings"  # the label of the embeddings' stage
 GROUP_KEY = "unfrozen"  # marks the param groups this callback adds (kept in the optimizer's state dict)
 
@@ -138,7 +140,7 @@ class GradualUnfreezing(BaseFinetuning):
                 f"(its stages: {list(self._stages)}); resume with the model the checkpoint was trained with"
             )
         for optimizer in trainer.optimizers:
-            _grow_schedulers(trainer, optimizer, self.lr_factor)
+            grow_schedulers(trainer, optimizer, self.lr_factor)
         if self._unfrozen:
             model = self._model(pl_module)
             params = dict(model.named_parameters())
@@ -176,7 +178,7 @@ class GradualUnfreezing(BaseFinetuning):
         if vectors:
             no_decay = {"weight_decay": 0.0} if "weight_decay" in base else {}
             optimizer.add_param_group({**base, **no_decay, "params": vectors})
-        _grow_schedulers(trainer, optimizer, self.lr_factor)
+        grow_schedulers(trainer, optimizer, self.lr_factor)
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
         return trained_model(pl_module, self.module, "GradualUnfreezing.module")
@@ -194,35 +196,6 @@ def _stages(model: nn.Module, freeze_embeddings: bool) -> dict[str, list[str]]:
     if freeze_embeddings:
         stages[EMBEDDINGS] = [n for n in trainable if is_embedding(n) and not n.startswith(f"{container}.")]
     return stages
-
-
-# a scheduler's per-param-group lists: the lrs among them are scaled for a new group, the rest copied
-SCHEDULER_LISTS = {
-    "base_lrs": True,
-    "_last_lr": True,
-    "min_lrs": True,
-    "max_lrs": True,
-    "lr_lambdas": False,
-    "base_momentums": False,
-    "max_momentums": False,
-}
-
-
-def _grow_schedulers(trainer: pl.Trainer, optimizer: Optimizer, lr_factor: float) -> None:
-    """Extends the per-group state of the optimizer's schedulers to its current number of groups."""
-    for config in trainer.lr_scheduler_configs:
-        if config.scheduler.optimizer is optimizer:
-            _grow_scheduler(config.scheduler, len(optimizer.param_groups), lr_factor)
-
-
-def _grow_scheduler(scheduler: Any, groups: int, lr_factor: float) -> None:
-    for child in getattr(scheduler, "_schedulers", ()):  # SequentialLR, ChainedScheduler
-        _grow_scheduler(child, groups, lr_factor)
-    for name, is_lr in SCHEDULER_LISTS.items():
-        values = getattr(scheduler, name, None)
-        if isinstance(values, list) and 0 < len(values) < groups:
-            extra = values[0] * lr_factor if is_lr else values[0]
-            values.extend([extra] * (groups - len(values)))
 
 
 def _log_trainable(model: nn.Module, event: str) -> None:

@@ -64,10 +64,8 @@ def teacher_names(root: nn.Module) -> list[str]:
             continue
         if child in _REGISTERED or (isinstance(child, PreTrainedModel) and is_frozen(child)):
             found.append(name)
-    for name, child in _beside_trained(root):
-        if is_frozen(child) and not any(name == t or name.startswith(f"{t}.") for t in found):
-            found.append(name)
-    return found
+    found += [name for name, child in _beside_trained(root) if is_frozen(child) and not inside(name, found)]
+    return [name for name in found if not any(name.startswith(f"{outer}.") for outer in found)]
 
 
 def _beside_trained(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
