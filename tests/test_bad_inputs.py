@@ -7,7 +7,7 @@ leaves nothing behind: no run folder, no stage folder, no export, and every file
 - ``compress pipeline --config``: the pipeline YAML, the settings of its fit stages, the data files;
 - ``Trainer.fit`` with our modules and datamodule: model pairs, data against models, ``ckpt_path``,
   ``compress.callbacks.ExportOnFitEnd``;
-- ``compress export``: the export folder and the model it reads.
+- ``compress export``: the export folder, the model it reads and the tokenizer it ships.
 """
 
 import json
@@ -73,6 +73,11 @@ def inputs(tmp_path_factory, tiny_csv, tokenizer_dir) -> SimpleNamespace:
     tiny_bert(num_labels=3).save_pretrained(root / "permuted_teacher")
     (root / "export").mkdir()
     (root / "export" / "config.json").write_text('{"from": "an earlier export"}')
+    tiny_bert(num_labels=3, layers=1).save_pretrained(root / "bare_student")  # save_pretrained alone
+    tiny_bert(num_labels=3, layers=1).save_pretrained(root / "made_up_tokenizer")
+    AutoTokenizer.from_pretrained(root / "bare_student").save_pretrained(root / "made_up_tokenizer")
+    small_vocabulary_bert().save_pretrained(root / "small_vocabulary")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "small_vocabulary")
     (root / "a_file").write_text("not a folder")
     data = dict(source=tiny_csv, tokenizer=tokenizer_dir, text_column="review", label_column="sentiment")
     run = tmp_path_factory.mktemp("two_layer_run")
@@ -666,6 +671,48 @@ EXPORT_CASES = [  # compress export arguments (teacher: a good model, out: a new
         "trim_vocabulary",
         "needs `data`",
         id="export_trim_without_data",
+    ),
+    pytest.param(  # the reported case: transformers would make up a 5-token tokenizer
+        ["--model", "inputs/bare_student", "--output", "{out}"],
+        "model: ",
+        "holds no tokenizer files (none of tokenizer.json, ",
+        id="export_model_saved_without_its_tokenizer",
+    ),
+    pytest.param(
+        ["--model", "inputs/bare_student", "--output", "{out}"],
+        "model: ",
+        "pass --tokenizer <folder or alias of the tokenizer the model was trained with>",
+        id="export_model_without_tokenizer_names_the_option",
+    ),
+    pytest.param(
+        ["--model", "inputs/made_up_tokenizer", "--output", "{out}"],
+        "model: its tokenizer",
+        "fewer than half of the model's 30,522 embedding rows",
+        id="export_model_with_a_made_up_tokenizer",
+    ),
+    pytest.param(
+        ["--model", "inputs/small_vocabulary", "--output", "{out}"],
+        "model: its tokenizer",
+        "pass --tokenizer",
+        id="export_tokenizer_bigger_than_the_embeddings",
+    ),
+    pytest.param(
+        ["--model", "inputs/small_vocabulary", "--tokenizer", "minilm-l6", "--output", "{out}"],
+        "tokenizer: its tokenizer",
+        "pass --tokenizer",
+        id="export_tokenizer_option_bigger_than_the_embeddings",
+    ),
+    pytest.param(
+        ["--model", "{teacher}", "--tokenizer", "inputs/bare_student", "--output", "{out}"],
+        "tokenizer: ",
+        "or save it with tokenizer.save_pretrained(dir)",
+        id="export_tokenizer_option_without_tokenizer_files",
+    ),
+    pytest.param(
+        ["--model", "{teacher}", "--tokenizer", "inputs/no_tokenizer", "--output", "{out}"],
+        "tokenizer: model source",
+        "pass an existing folder",
+        id="export_tokenizer_option_missing",
     ),
 ]
 

@@ -29,8 +29,8 @@ import yaml
 
 KINDS = ("fit", "load", "prune", "multitask", "export", "report")
 KEYS = {  # the settings an export or report stage accepts (fit and multitask are checked by their parsers)
-    "export": {"model": str, "trim_vocabulary": bool, "onnx": bool, "int8": bool, "adapters": str,
-               "gguf": bool, "gguf_types": list, "gguf_reference": str},
+    "export": {"model": str, "tokenizer": str, "trim_vocabulary": bool, "onnx": bool, "int8": bool,
+               "adapters": str, "gguf": bool, "gguf_types": list, "gguf_reference": str},
     "report": {"models": dict, "reference": str, "rounds": int, "threads": int, "eval_batches": int},
     "prune": {"model": str, "data": dict, "num_sequences": int, "remove_layers": int, "layers": list,
               "ffn_ratio": float, "head_ratio": float, "head_unit": str, "hidden_ratio": float,
