@@ -58,6 +58,7 @@ from compress.export.prepare import is_causal_lm
 from compress.sparsity.roles import register_teacher, trained_model
 
 from .checkpoint_reading import read_checkpoints_through, stop_reading_through
+from .exact_resume import warn_unless_exact_resume
 from .param_groups import grow_schedulers
 
 
@@ -124,6 +125,7 @@ class Distillation(Callback):
             return
         if sum(isinstance(c, Distillation) for c in trainer.callbacks) > 1:
             raise ValueError("Distillation: the Trainer has several Distillation callbacks; give it one")
+        warn_unless_exact_resume(trainer, "Distillation")
         self.teacher, self.attribute = self._resolve(pl_module)
         register_teacher(frozen(self.teacher))
         self._fingerprint = fingerprint_model(self.teacher)

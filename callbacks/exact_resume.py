@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
+from torch.utils.data import RandomSampler
 
 from compress.data import EpochShuffle
 
@@ -52,8 +54,38 @@ class ExactResume(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state, self._loaded = self._loaded, None
+        if state is not None:
+            _warn_own_generator(trainer)
         if state is not None and _continue_mid_epoch(trainer):
             _set_rng(state)  # rebuilding the data iterators drew from the torch stream
+
+
+def warn_unless_exact_resume(trainer: Trainer, owner: str) -> None:
+    """Stateful callbacks call this in ``setup``: a checkpointing run without `ExactResume` resumes with
+    other random numbers and restarts an unfinished epoch, so it would not end as an uninterrupted run."""
+    has = any(isinstance(c, ExactResume) for c in trainer.callbacks)
+    if has or trainer.checkpoint_callback is None or trainer in _WARNED:
+        return
+    _WARNED.add(trainer)
+    rank_zero_warn(
+        f"{owner}: this run writes checkpoints but has no ExactResume callback, so a resumed run draws other "
+        "random numbers (dropout, shuffling) and repeats the rows of an unfinished epoch; add "
+        "`ExactResume()` to the Trainer's callbacks and give the DataLoader a `compress.data.EpochShuffle` "
+        "sampler for a resume that ends as the uninterrupted run (docs/plugin.md, 'Resume')"
+    )
+
+
+_WARNED: weakref.WeakSet[Trainer] = weakref.WeakSet()  # one warning per run, not one per callback
+
+
+def _warn_own_generator(trainer: Trainer) -> None:
+    sampler = getattr(_first_train_loader(trainer), "sampler", None)
+    if isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        rank_zero_warn(
+            "ExactResume: the training DataLoader shuffles with its own `generator`, whose state is not in "
+            "the checkpoint: epochs after the resume get other orders than the uninterrupted run; use "
+            "`sampler=compress.data.EpochShuffle(len(dataset), seed=..., batch_size=...)` instead"
+        )
 
 
 def _set_rng(state: dict[str, Any]) -> None:

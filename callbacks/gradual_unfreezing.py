@@ -20,6 +20,7 @@ from compress.peft.freezers import count_trainable, is_embedding
 from compress.peft.student import layer_container
 from compress.sparsity.roles import trained_model
 
+from .exact_resume import warn_unless_exact_resume
 from .param_groups import grow_schedulers
 
 EMBEDDINGS = "embeddings"  # the label of the embeddings' stage
@@ -120,6 +121,7 @@ class GradualUnfreezing(BaseFinetuning):
         # a new fit starts from scratch; on resume, load_state_dict (called after setup) restores both
         self._internal_optimizer_metadata = {}
         self._unfrozen = []
+        warn_unless_exact_resume(trainer, "GradualUnfreezing")
         super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:

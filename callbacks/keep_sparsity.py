@@ -29,6 +29,8 @@ from typing_extensions import override
 from compress.sparsity.magnitude import apply_masks, mask_mismatch, sparsity_of
 from compress.sparsity.targets import Where, resolve_targets
 
+from .exact_resume import warn_unless_exact_resume
+
 
 class KeepSparsity(Callback):
     """Hold pruned (zero) weights at zero through training; masks resume exactly.
@@ -58,6 +60,7 @@ class KeepSparsity(Callback):
         if stage != "fit":
             return
         found = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "KeepSparsity")
+        warn_unless_exact_resume(trainer, "KeepSparsity")
         self.targets = {f"{name}.weight": module for name, module in found.items()}
 
     @override

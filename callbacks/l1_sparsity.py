@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -15,6 +15,8 @@ from compress.sparsity import l1
 from compress.sparsity.groups import channel_groups
 from compress.sparsity.roles import trained_model
 from compress.sparsity.targets import Where, describe_targets, resolve_targets
+
+from .exact_resume import warn_unless_exact_resume
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
@@ -66,6 +68,7 @@ class L1Sparsity(Callback):
         self.groups: list[l1.ChannelGroup] | None = None
         self.last_step = -1
         self.lrs: dict[int, float] = {}
+        self.dead: set[str] = set()  # layers already warned about
 
     def strength_at(self, step: int) -> float:
         """λ after ``step`` optimizer steps."""
@@ -78,6 +81,7 @@ class L1Sparsity(Callback):
         if stage != "fit":
             return
         self.targets = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "L1Sparsity")
+        warn_unless_exact_resume(trainer, "L1Sparsity")
         rank_zero_info(f"L1Sparsity targets {describe_targets(self.targets)}")
 
     @override
@@ -136,6 +140,18 @@ class L1Sparsity(Callback):
         penalty = l1.group_lasso_penalty(self.groups) if self.groups is not None else l1.l1_penalty(weights)
         pl_module.log("l1/penalty", strength * float(penalty))
         pl_module.log("l1/near_zero", l1.near_zero_fraction(weights, self.near_zero))
+        self._warn_dead_layers(strength)
+
+    def _warn_dead_layers(self, strength: float) -> None:
+        """A layer whose every weight the penalty drove to (near) zero passes no signal: say so, once."""
+        for name, module in self.targets.items():
+            if name not in self.dead and l1.near_zero_fraction([module.weight], self.near_zero) == 1.0:
+                self.dead.add(name)
+                rank_zero_warn(
+                    f"L1Sparsity: every weight of {name!r} is now within {self.near_zero} of zero (strength "
+                    f"{strength:g}, mode {self.mode!r}): the layer passes no signal and the model's accuracy "
+                    "collapses; lower `strength`, lengthen `warmup_steps`, or exclude the layer"
+                )
 
     def _find_groups(self, pl_module: LightningModule, batch: Any) -> list[l1.ChannelGroup]:
         network = self._network(pl_module)

@@ -30,6 +30,8 @@ from compress.sparsity.magnitude import (
 from compress.sparsity.schedule import CubicSparsitySchedule
 from compress.sparsity.targets import Where, describe_targets, resolve_targets
 
+from .exact_resume import warn_unless_exact_resume
+
 
 class MagnitudePruning(Callback):
     """Prune the smallest weights on a cubic schedule (Zhu & Gupta), per optimizer step.
@@ -117,7 +119,10 @@ class MagnitudePruning(Callback):
         if stage != "fit":
             return
         found = resolve_targets(pl_module, self.targets_given, self.exclude, self.where, "MagnitudePruning")
+        warn_unless_exact_resume(trainer, "MagnitudePruning")
         self.targets = {f"{name}.weight": module for name, module in found.items()}
+        if self.nm:
+            _check_nm_sizes(self.targets, self.pattern, self.nm[1])
         rank_zero_info(f"MagnitudePruning targets {describe_targets(found)}")
 
     @override
@@ -199,3 +204,15 @@ class MagnitudePruning(Callback):
         self.last_step = state_dict["last_step"]
         self.end_step = state_dict["end_step"]
         self.rewind_weights = state_dict["rewind_weights"]
+
+
+def _check_nm_sizes(targets: dict[str, nn.Module], pattern: str, m: int) -> None:
+    """Every target's input size (a Conv's channels x kernel) must split into groups of ``m``."""
+    for name, module in targets.items():
+        size, layer = module.weight[0].numel(), name.removesuffix(".weight")
+        if size % m:
+            raise ValueError(
+                f"MagnitudePruning.pattern: {pattern!r} needs each target's input size to be a multiple of "
+                f"m={m}, but {layer} has {size}; leave that layer out with exclude=[{layer!r}] or choose "
+                "the layers with targets=[...]"
+            )

@@ -220,7 +220,7 @@ def test_bad_settings_are_refused(kwargs, message):
 )
 def test_schedulers_grow_with_the_new_groups(make):
     """Unit check of the scheduler growth (Lightning-free): the new group follows group 0 times lr_factor."""
-    from compress.callbacks.gradual_unfreezing import _grow_scheduler
+    from compress.callbacks.param_groups import grow_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
     scheduler = make(optimizer)
@@ -230,7 +230,7 @@ def test_schedulers_grow_with_the_new_groups(make):
         k: v * 0.5 if k.endswith("lr") else v for k, v in optimizer.param_groups[0].items() if k != "params"
     }
     optimizer.add_param_group({**group, "params": [torch.nn.Parameter(torch.ones(2))]})
-    _grow_scheduler(scheduler, 2, 0.5)
+    grow_scheduler(scheduler, 2, 0.5)
     for _ in range(4):
         optimizer.step()
         scheduler.step()
