@@ -1,6 +1,8 @@
-"""`StructuredPruning`: remove attention heads and FFN channels during training, with exact resume.
+"""`StructuredPruning`: remove attention heads and FFN channels, or any network's channels, during training,
+with exact resume.
 
-It prunes BERT-style encoders and Llama-family causal LMs (`compress.sparsity.layouts`).
+It prunes BERT-style encoders, Llama-family causal LMs and, through torch-pruning, any other network of
+Conv/Linear layers (`compress.sparsity.layouts`).
 
 Example:
     >>> from lightning.pytorch import Trainer
@@ -30,20 +32,29 @@ from compress.sparsity.layouts import (
     HeadUnit,
     ImportanceChoice,
     StructuredPruner,
+    check_settings,
     restore_pruning_history,
     structured_pruner,
 )
-from compress.sparsity.structured import check_ratio, find_prunable_model
+from compress.sparsity.structured import check_ratio
+from compress.sparsity.structured.root import pruning_root
 
 STATE_PREFIX = "StructuredPruning"
 
 
 class StructuredPruning(Callback):
-    """Physically removes ``head_ratio`` of the attention heads and ``ffn_ratio`` of the FFN channels.
+    """Physically removes ``head_ratio`` of the attention heads and ``ffn_ratio`` of the FFN channels, or
+    ``channel_ratio`` of the channels of any other network.
 
-    Two layouts (`compress.sparsity.layouts`): BERT-style encoders, pruned through torch-pruning
-    (`compress.sparsity.structured`), and Llama-family causal LMs (Llama, SmolLM2, Mistral, Qwen2/3;
-    `compress.sparsity.llm`). In a decoder, ``head_ratio`` counts key/value groups (``head_unit="groups"``:
+    Three layouts (`compress.sparsity.layouts`): BERT-style encoders, pruned through torch-pruning
+    (`compress.sparsity.structured`), Llama-family causal LMs (Llama, SmolLM2, Mistral, Qwen2/3;
+    `compress.sparsity.llm`), and the generic layout for any other network torch-pruning can trace (a CNN,
+    an MLP, a Hugging Face model of another family; `compress.sparsity.structured.channels`): output
+    channels of its Conv layers and hidden units of its Linear layers go, with the inputs of the layers
+    that consume them, lowest group L2 magnitude first; the output layers never shrink. torch-pruning traces
+    the network on the batch about to be trained (the ``x`` of an ``(x, y)`` batch, or the tensors of a dict
+    batch that its ``forward`` takes by name), once on the first batch to check the setting, then each
+    round. In a decoder, ``head_ratio`` counts key/value groups (``head_unit="groups"``:
     a group goes with its query heads) or query heads within every group (``head_unit="heads"``: the
     key/value heads stay), every layer keeps the same widths, the config follows (``save_pretrained`` gives
     a stock folder), and the units go by ``activation`` importance (Minitron: mean activations on the batch
@@ -74,10 +85,14 @@ class StructuredPruning(Callback):
     mid-run.
 
     Args:
-        head_ratio: fraction of the attention heads removed, in [0, 1).
-        ffn_ratio: fraction of the intermediate (FFN) channels removed, in [0, 1).
+        head_ratio: fraction of the attention heads removed, in [0, 1) (encoders and decoders).
+        ffn_ratio: fraction of the intermediate (FFN) channels removed, in [0, 1) (encoders and decoders).
+        channel_ratio: fraction of the output channels of every prunable Conv layer and of the hidden units
+            of every prunable Linear layer removed, in [0, 1) (rounded down per layer; the generic layout
+            only). Prunable: `select_targets` (never a teacher, adapters or an output layer) and whose
+            channels do not reach the network's output.
         importance: ``magnitude`` or ``taylor`` (encoders; default ``magnitude``), ``activation`` (decoders:
-            their only and default choice).
+            their only and default choice), ``magnitude`` (generic: its only choice).
         head_unit: ``groups`` (default): whole key/value groups, i.e. an encoder's heads; ``heads``: query
             heads within every group of a decoder (refused for an encoder, whose groups have one head).
         at_step: prune once, after this many optimizer steps (default 0: before training).
@@ -88,14 +103,16 @@ class StructuredPruning(Callback):
         uniform_per_layer: every layer keeps as many heads/channels as the others; otherwise the least
             important units are removed wherever they are (encoders only: a stock decoder config has one
             width for all layers).
-        module: attribute of the LightningModule holding the model to prune (default: the single Hugging Face
-            model in it that is not a teacher).
+        module: attribute path of the LightningModule holding the model to prune (``""``: the LightningModule
+            itself). Default: the single Hugging Face model in it that is not a teacher, else its single
+            child holding prunable layers, else the LightningModule itself.
 
     Example:
         >>> from lightning.pytorch import Trainer
         >>> pruning = StructuredPruning(head_ratio=0.5, ffn_ratio=0.5, start_step=100, end_step=400,
         ...     num_steps=4)
         >>> trainer = Trainer(max_steps=1000, callbacks=[pruning])
+        >>> cnn_pruning = StructuredPruning(channel_ratio=0.5, steps=[100, 200], module="net")
     """
 
     def __init__(
@@ -111,9 +128,11 @@ class StructuredPruning(Callback):
         uniform_per_layer: bool = True,
         module: str | None = None,
         head_unit: HeadUnit = "groups",
+        channel_ratio: float = 0.0,
     ) -> None:
         check_ratio("StructuredPruning.head_ratio", head_ratio)
         check_ratio("StructuredPruning.ffn_ratio", ffn_ratio)
+        check_ratio("StructuredPruning.channel_ratio", channel_ratio)
         if importance not in (None, *IMPORTANCE_CHOICES):
             raise ValueError(
                 f"StructuredPruning.importance: {importance!r} must be one of {IMPORTANCE_CHOICES}"
@@ -121,6 +140,7 @@ class StructuredPruning(Callback):
         if head_unit not in HEAD_UNITS:
             raise ValueError(f"StructuredPruning.head_unit: {head_unit!r} must be one of {HEAD_UNITS}")
         self.head_ratio, self.ffn_ratio, self.importance = head_ratio, ffn_ratio, importance
+        self.channel_ratio = channel_ratio
         self.head_unit = head_unit
         self.steps = _schedule(at_step, steps, start_step, end_step, num_steps)
         self.uniform_per_layer = uniform_per_layer
@@ -129,12 +149,14 @@ class StructuredPruning(Callback):
         self.rounds_done = 0
         self._pruner: StructuredPruner | None = None  # the layout's, chosen in setup
         self._original: Any = None  # its structure before any pruning: what the ratios refer to
+        self._inputs_checked = False  # the layout has seen a batch (the generic one traces it)
 
     @property
     @override
     def state_key(self) -> str:
+        generic = {"channel_ratio": self.channel_ratio} if self.channel_ratio else {}  # older keys stay
         return self._generate_state_key(
-            head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio, steps=self.steps
+            head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio, steps=self.steps, **generic
         )
 
     @override
@@ -162,16 +184,20 @@ class StructuredPruning(Callback):
         model = self._model(pl_module)
         with _named_settings():
             self._pruner = structured_pruner(model, self.importance, self.head_unit, self.uniform_per_layer)
+            check_settings(self._pruner, model, self._settings())
             shares = [(k + 1) / len(self.steps) for k in range(len(self.steps))]
-            self._pruner.check(model, self.head_ratio, self.ffn_ratio, shares)
+            self._pruner.check(model, *self._ratios(), shares)
         self._original = self._pruner.original(model)
-        if not self._pruner.removes_something(model, self.head_ratio, self.ffn_ratio, self._original):
+        if not self._pruner.removes_something(model, *self._ratios(), self._original):
+            settings = self._pruner.settings
+            given = " and ".join(f"{setting}={self._settings()[setting]}" for setting in settings)
+            verb = "remove" if len(settings) > 1 else "removes"
             raise ValueError(
-                f"StructuredPruning: head_ratio={self.head_ratio} and ffn_ratio={self.ffn_ratio} remove "
-                f"nothing from {self._pruner.describe(self._original)} (counts are rounded down, earlier "
-                "removals count); raise a ratio"
+                f"StructuredPruning: {given} {verb} nothing from {self._pruner.describe(self._original)} "
+                f"({type(model).__name__}, a {self._pruner.layout}; counts are rounded down, earlier "
+                f"removals count); {self._pruner.nothing_hint(*self._ratios(), self._original)}"
             )
-        self.history, self.rounds_done = self._pruner.applied(model), 0
+        self.history, self.rounds_done, self._inputs_checked = self._pruner.applied(model), 0, False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -181,6 +207,10 @@ class StructuredPruning(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self._inputs_checked and self.rounds_done < len(self.steps):
+            with _named_settings():  # before the first step: a batch the generic layout cannot use fails now
+                self._pruner.check_inputs(self._model(pl_module), *self._ratios(), batch, self._original)
+            self._inputs_checked = True
         while self.rounds_done < len(self.steps) and trainer.global_step >= self.steps[self.rounds_done]:
             self._prune_round(trainer, pl_module, batch)
 
@@ -190,11 +220,8 @@ class StructuredPruning(Callback):
         model = self._model(pl_module)
         before = dict(model.named_parameters())
         with _named_settings():
-            plan = self._pruner.plan(
-                model, self.head_ratio * share, self.ffn_ratio * share, batch, self._original
-            )
-        if plan:
-            self._pruner.replay(model, plan)
+            pruned = self._pruner.prune(model, *self._ratios(share), batch, self._original)
+        if pruned:
             self.history = self._pruner.applied(model)
             _swap_parameters(trainer.optimizers, before, dict(model.named_parameters()))
         rank_zero_info(
@@ -216,9 +243,17 @@ class StructuredPruning(Callback):
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
         try:
-            return find_prunable_model(pl_module, self.module)
+            return pruning_root(pl_module, self.module)
         except ValueError as error:
             raise ValueError(f"StructuredPruning.{error}") from error
+
+    def _settings(self) -> dict[str, float]:
+        ratios = (self.head_ratio, self.ffn_ratio, self.channel_ratio)
+        return dict(zip(("head_ratio", "ffn_ratio", "channel_ratio"), ratios, strict=True))
+
+    def _ratios(self, share: float = 1.0) -> list[float]:
+        """The ratios of the layout's settings, in its order, scaled to a round's cumulative ``share``."""
+        return [self._settings()[setting] * share for setting in self._pruner.settings]
 
 
 def load_pruned_checkpoint(
@@ -247,7 +282,7 @@ def load_pruned_checkpoint(
     saved = checkpoint.get(module_class.CHECKPOINT_HYPER_PARAMS_KEY, {})
     hparams = {k: v for k, v in saved.items() if not k.startswith("_")}  # not LightningCLI's own keys
     loaded = module_class(**{**hparams, **kwargs})
-    restore_pruning_history(find_prunable_model(loaded, module), checkpoint_history(checkpoint))
+    restore_pruning_history(pruning_root(loaded, module), checkpoint_history(checkpoint))
     loaded.on_load_checkpoint(checkpoint)
     loaded.load_state_dict(checkpoint["state_dict"])
     return loaded

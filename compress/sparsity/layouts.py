@@ -1,4 +1,4 @@
-"""Structured pruning in rounds behind one interface, for the two layouts it knows.
+"""Structured pruning in rounds behind one interface, for the three layouts it knows.
 
 - `EncoderPruning`: BERT-style encoders (``attention.self.query/key/value``, ``intermediate.dense``),
   through torch-pruning (`compress.sparsity.structured`): whole attention heads and FFN channels,
@@ -7,9 +7,14 @@
   whole key/value groups or query heads within every group, and FFN channels, by ``activation``
   importance on the batch about to be trained; every layer keeps the same widths (a stock config has one
   of each) and the model stays a stock Hugging Face model. Adapters are refused.
+- `ChannelPruning` (generic): any other network torch-pruning can trace
+  (`compress.sparsity.structured.channels`): output channels of Conv layers and hidden units of Linear
+  layers, with the layers that consume them, by group magnitude, traced on the batch about to be trained.
+  The output layers never shrink.
 
-`structured_pruner` picks the one that fits a model and checks the settings against it;
-`restore_pruning_history` rebuilds the pruned shapes of either from a saved history. Both histories are
+`structured_pruner` picks the one that fits a model and checks the settings against it (`check_settings`:
+``head_ratio``/``ffn_ratio`` for the first two, ``channel_ratio`` for the generic one);
+`restore_pruning_history` rebuilds the pruned shapes of any of them from a saved history. The histories are
 plain data (JSON- and ``weights_only``-safe), kept on the model object as it is pruned.
 
 Example:
@@ -30,10 +35,12 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from compress.sparsity.llm.decoder import decoder_of
 from compress.sparsity.llm.history import (
@@ -48,6 +55,7 @@ from compress.sparsity.llm.history import (
 from compress.sparsity.llm.prune import HeadUnit
 from compress.sparsity.llm.rounds import check_decoder_round, decoder_removal_counts, plan_decoder_round
 from compress.sparsity.structured import (
+    EPS,
     IMPORTANCE,
     Structure,
     applied_history,
@@ -60,14 +68,27 @@ from compress.sparsity.structured import (
     restore_history,
     structure_of,
 )
+from compress.sparsity.structured.channels import is_channel_history, restore_channel_history
+from compress.sparsity.structured.channels.pruner import ChannelPruning
+from compress.sparsity.structured.root import LOOKED_FOR, NEITHER_LAYOUT, found_layers, hugging_face_models
+from compress.sparsity.targets import select_targets
 
 ImportanceChoice = Literal["magnitude", "taylor", "activation"]
 IMPORTANCE_CHOICES = ("magnitude", "taylor", "activation")
 HEAD_UNITS = ("groups", "heads")
+HF_SETTINGS = ("head_ratio", "ffn_ratio")
+SETTING_LAYOUTS = {
+    "head_ratio": "BERT-style encoders and Llama-family decoders",
+    "ffn_ratio": "BERT-style encoders and Llama-family decoders",
+    "channel_ratio": "the generic layout (Conv/Linear channels of a network with neither of those layouts)",
+}
 
 
 class EncoderPruning:
     """Rounds of torch-pruning on a BERT-style encoder (`compress.sparsity.structured`)."""
+
+    layout = "BERT-style encoder"
+    settings = HF_SETTINGS
 
     def __init__(self, importance: ImportanceChoice | None, head_unit: HeadUnit, uniform_per_layer: bool):
         if importance not in (None, *IMPORTANCE):
@@ -108,6 +129,16 @@ class EncoderPruning:
             of=of,
         )
 
+    def check_inputs(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Structure):
+        """Nothing to check on a batch: encoders are traced on token ids of their own."""
+
+    def prune(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Structure) -> bool:
+        """One round: `plan`, then `replay`; whether anything was removed."""
+        plan = self.plan(model, head_ratio, ffn_ratio, batch, of)
+        if plan:
+            self.replay(model, plan)
+        return bool(plan)
+
     @staticmethod
     def replay(model: nn.Module, plan: list[dict]) -> Structure:
         replay_history(model, plan)
@@ -117,9 +148,16 @@ class EncoderPruning:
     def describe(structure: Structure) -> str:
         return f"layers with heads {structure.heads} and channels {structure.channels}"
 
+    @staticmethod
+    def nothing_hint(head_ratio: float, ffn_ratio: float, of: Structure) -> str:
+        return "raise a ratio"
+
 
 class DecoderPruning:
     """Rounds of width pruning on a Llama-family decoder (`compress.sparsity.llm`)."""
+
+    layout = "Llama-family decoder"
+    settings = HF_SETTINGS
 
     def __init__(self, importance: ImportanceChoice | None, head_unit: HeadUnit, uniform_per_layer: bool):
         if importance not in (None, "activation"):
@@ -162,6 +200,16 @@ class DecoderPruning:
         """The history entry of one round, ranked by activation importance on ``batch``."""
         return plan_decoder_round(model, head_ratio, ffn_ratio, self.head_unit, batch, of)
 
+    def check_inputs(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Any):
+        """Nothing to check ahead: each round reads ``input_ids`` from its own batch."""
+
+    def prune(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Any) -> bool:
+        """One round: `plan`, then `replay`; whether anything was removed."""
+        plan = self.plan(model, head_ratio, ffn_ratio, batch, of)
+        if plan:
+            self.replay(model, plan)
+        return bool(plan)
+
     @staticmethod
     def replay(model: nn.Module, plan: list[dict]) -> DecoderStructure:
         replay_decoder_history(model, plan)
@@ -174,8 +222,19 @@ class DecoderPruning:
             f"{structure.channels} FFN channels per layer"
         )
 
+    def nothing_hint(self, head_ratio: float, ffn_ratio: float, of: DecoderStructure) -> str:
+        if self.head_unit == "groups" and head_ratio and not math.floor(head_ratio * of.groups + EPS):
+            need = (
+                f"head_ratio >= {1 / of.groups:.3g} removes one" if of.groups > 1 else "no head_ratio < 1 can"
+            )
+            return (
+                f"head_ratio counts whole key/value groups (head_unit='groups'): of {of.groups}, {need}; "
+                "head_unit='heads' removes query heads within every group instead"
+            )
+        return "raise a ratio"
 
-StructuredPruner = EncoderPruning | DecoderPruning
+
+StructuredPruner = EncoderPruning | DecoderPruning | ChannelPruning
 
 
 def structured_pruner(
@@ -188,7 +247,9 @@ def structured_pruner(
 
     Args:
         model: a BERT-style encoder or a Llama-family ``*ForCausalLM``, or a module holding one (see
-            `find_prunable_model`); its methods take that Hugging Face model.
+            `find_prunable_model`); its methods take that Hugging Face model. Any other network of
+            Conv/Linear layers gets the generic layout, whose methods take ``model`` itself (or the single
+            Hugging Face model in it): pass the module `pruning_root` gives.
         importance: ``magnitude`` or ``taylor`` (encoders; default ``magnitude``), ``activation``
             (decoders, their only and default choice).
         head_unit: ``groups`` (default): whole key/value groups, which for an encoder are its heads;
@@ -199,26 +260,54 @@ def structured_pruner(
         raise ValueError(f"importance: {importance!r} must be one of {IMPORTANCE_CHOICES} or None")
     if head_unit not in HEAD_UNITS:
         raise ValueError(f"head_unit: {head_unit!r} must be one of {HEAD_UNITS}")
-    model = find_prunable_model(model)
-    if is_decoder(model):
+    found = model if isinstance(model, PreTrainedModel) else _single(hugging_face_models(model))
+    if found is not None and is_decoder(found):
         return DecoderPruning(importance, head_unit, uniform_per_layer)
-    if not encoder_blocks(model):
-        raise ValueError(
-            f"module: {type(model).__name__} is neither a BERT-style encoder (layers with "
-            "attention.self.query/key/value and intermediate.dense) nor a Llama-family causal LM "
-            "(model.model.layers with self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj)"
-        )
-    return EncoderPruning(importance, head_unit, uniform_per_layer)
+    if found is not None and encoder_blocks(found):
+        return EncoderPruning(importance, head_unit, uniform_per_layer)
+    network = model if found is None else found
+    if select_targets(network):
+        return ChannelPruning(importance, head_unit, uniform_per_layer)
+    name = type(network).__name__
+    raise ValueError(
+        f"module: looked for {LOOKED_FOR} in {name}; found: {name} {NEITHER_LAYOUT}, and it holds "
+        f"{found_layers(network)}"
+    )
+
+
+def check_settings(pruner: StructuredPruner, model: nn.Module, ratios: Mapping[str, float]) -> None:
+    """Refuses a ratio set for another layout than the one ``pruner`` found in ``model``."""
+    for setting, ratio in ratios.items():
+        if ratio and setting not in pruner.settings:
+            takes = " and ".join(pruner.settings)
+            raise ValueError(
+                f"{setting}: {ratio} is for {SETTING_LAYOUTS[setting]}, but {type(model).__name__} is a "
+                f"{pruner.layout}, pruned by {takes}: set {'that' if len(pruner.settings) == 1 else 'those'} "
+                f"instead (and {setting}=0)"
+            )
 
 
 def restore_pruning_history(model: nn.Module, history: list[dict]) -> nn.Module:
-    """Brings the Hugging Face model in ``model`` to a saved history of either layout; returns ``model``."""
+    """Brings ``model`` to a saved history of any layout; returns ``model``.
+
+    For the BERT-style and Llama-family layouts ``model`` is, or holds, the Hugging Face model; a generic
+    history names modules within the network that was pruned, so ``model`` is that network (`pruning_root`).
+    """
+    if not history:
+        return model
+    if is_channel_history(history):
+        restore_channel_history(model, history)
+        return model
     pruned = find_prunable_model(model)
     if is_decoder(pruned):
         restore_decoder_history(pruned, history)
     else:
         restore_history(pruned, history)
     return model
+
+
+def _single(models: dict[str, nn.Module]) -> nn.Module | None:
+    return next(iter(models.values())) if len(models) == 1 else None
 
 
 def is_decoder(model: nn.Module) -> bool:

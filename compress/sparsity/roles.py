@@ -57,15 +57,27 @@ def is_frozen(module: nn.Module) -> bool:
 
 
 def teacher_names(root: nn.Module) -> list[str]:
-    """Dotted names of the outermost teachers in ``root`` (see the module docstring)."""
-    found: list[str] = []
-    for name, child in root.named_modules():
-        if not name or any(name.startswith(f"{t}.") for t in found):
-            continue
-        if child in _REGISTERED or (isinstance(child, PreTrainedModel) and is_frozen(child)):
-            found.append(name)
-    found += [name for name, child in _beside_trained(root) if is_frozen(child) and not inside(name, found)]
+    """Dotted names of the outermost teachers in ``root`` (see the module docstring). Inside a ``root``
+    that is frozen as a whole, being frozen tells nothing: only registered teachers count."""
+    found = [name for name, child in root.named_modules() if name and child in _REGISTERED]
+    if not is_frozen(root):
+        found += [name for name in _frozen_hf_models(root) if not inside(name, found)]
+        found += [n for n, child in _beside_trained(root) if is_frozen(child) and not inside(n, found)]
     return [name for name in found if not any(name.startswith(f"{outer}.") for outer in found)]
+
+
+def _frozen_hf_models(root: nn.Module) -> list[str]:
+    """Frozen Hugging Face models not nested in a trained one (a frozen ``bert`` of a classifier whose head
+    trains is part of that classifier, not a teacher)."""
+    trained = [n for n, m in root.named_modules() if isinstance(m, PreTrainedModel) and not is_frozen(m)]
+    return [
+        name
+        for name, child in root.named_modules()
+        if name
+        and isinstance(child, PreTrainedModel)
+        and is_frozen(child)
+        and not any(name.startswith(f"{outer}.") or not outer for outer in trained)
+    ]
 
 
 def _beside_trained(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:

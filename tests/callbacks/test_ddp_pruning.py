@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 WEIGHT_ATOL = 1e-4  # measured 1.4e-7; unweighted hard terms gave 7.8e-3, dropout 6e-2
@@ -32,29 +33,40 @@ def _pruned(masks: dict) -> float:
     return sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(tiny_teacher_dir, tiny_csv, tokenizer_dir, tmp_path):
+@pytest.fixture(scope="module")
+def runs(tiny_teacher_dir, tiny_csv, tokenizer_dir, tmp_path_factory):
+    """Both scripts, each with 2 DDP processes and in one process, all four at once: most of each run is
+    start-up (imports, gloo rendezvous). Returns their output folder."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "tests.callbacks.ddp_pruning_run", tiny_teacher_dir, tiny_csv, tokenizer_dir]
-    runs = {}
-    for devices in (2, 1):  # concurrently: most of each run is start-up (imports, gloo rendezvous)
-        log = open(tmp_path / f"devices{devices}.log", "w")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen(
-            [*cmd, str(tmp_path), "--devices", str(devices), "--transfer-fraction", "0.3"],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-        runs[devices] = (proc, log)
+    commands = {
+        f"{script}-{devices}": [
+            sys.executable, "-m", f"tests.callbacks.{script}", tiny_teacher_dir, tiny_csv, tokenizer_dir,
+            str(out), "--devices", str(devices), *extra,
+        ]
+        for script, extra in [("ddp_pruning_run", ["--transfer-fraction", "0.3"]),
+                              ("ddp_distillation_run", [])]
+        for devices in (2, 1)
+    }  # fmt: skip
+    procs = {}
+    for name, command in commands.items():
+        log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed below)
+        procs[name] = (subprocess.Popen(command, env=env, stdout=log, stderr=log), log)
     try:
-        for proc, _ in runs.values():
+        for proc, _ in procs.values():
             proc.wait(timeout=300)
     finally:
-        for proc, log in runs.values():
+        for proc, log in procs.values():
             if proc.poll() is None:
                 proc.kill()
             log.close()
-    for devices, (proc, _) in runs.items():
-        assert proc.returncode == 0, (tmp_path / f"devices{devices}.log").read_text()[-3000:]
+    for name, (proc, _) in procs.items():
+        assert proc.returncode == 0, (out / f"{name}.log").read_text()[-3000:]
+    return out
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(runs):
+    tmp_path = runs
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     single = torch.load(tmp_path / "single.pt", weights_only=True)
     assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"] == 8
@@ -91,3 +103,22 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tiny_teacher_dir, tiny_csv
     for key in ("val/loss", "train/loss", "train/hard", "train/soft"):
         ddp = (metrics[0][key] + metrics[1][key]) / 2
         assert abs(ddp - single["metrics"][key]) < LOSS_ATOL, (key, ddp, single["metrics"][key])
+
+
+def test_distillation_callback_around_a_user_module_under_ddp(runs, tiny_teacher_dir):
+    """The teacher is held by the callback on each rank (not DDP-wrapped): the ranks end bit-identical, as
+    one process up to float noise, the teacher untouched and absent from the checkpoint."""
+    from transformers import AutoModelForSequenceClassification
+
+    ranks = [torch.load(runs / f"user_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = torch.load(runs / "user_single.pt", weights_only=True)
+    _masks_equal(ranks[0]["masks"], ranks[1]["masks"])
+    _masks_equal(ranks[0]["masks"], single["masks"])
+    for name, weight in ranks[0]["student"].items():
+        assert torch.equal(weight, ranks[1]["student"][name]), name
+        assert (weight - single["student"][name]).abs().max().item() < WEIGHT_ATOL, name
+    original = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).state_dict()
+    for rank in ranks:
+        assert all(torch.equal(v, rank["teacher"][k]) for k, v in original.items())
+    checkpoint = torch.load(runs / "user_rank0.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all(k.startswith("net.") for k in checkpoint["state_dict"])

@@ -14,6 +14,7 @@ from typing import Literal
 from torch import nn
 from transformers import PreTrainedModel
 
+from compress.sparsity.structured.root import hugging_face_models
 from compress.sparsity.targets import select_targets
 
 Unit = Literal["heads", "channels"]
@@ -39,29 +40,30 @@ class Structure:
 def find_prunable_model(module: nn.Module, attribute: str | None = None) -> nn.Module:
     """The Hugging Face model to prune: ``module`` itself, ``module.<attribute>``, or the single outermost
     `PreTrainedModel` inside ``module`` that holds prunable weights (so never a teacher)."""
+    holder = module
     if attribute is not None:
         try:
             module = module.get_submodule(attribute)
         except AttributeError as error:
-            raise ValueError(f"module: {type(module).__name__} has no submodule {attribute!r}") from error
+            children = [n for n, _ in holder.named_children()]
+            raise ValueError(
+                f"module: {type(holder).__name__} has no submodule {attribute!r}; its children are {children}"
+            ) from error
     if isinstance(module, PreTrainedModel):
         return module
-    targets = select_targets(module)
-    found: dict[str, nn.Module] = {}
-    for name, child in module.named_modules():
-        outermost = not any(name.startswith(f"{outer}.") for outer in found)
-        if (
-            isinstance(child, PreTrainedModel)
-            and outermost
-            and any(t.startswith(f"{name}.") for t in targets)
-        ):
-            found[name] = child
-    if len(found) != 1:
+    found = hugging_face_models(module)
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if attribute is not None:
         raise ValueError(
-            f"module: expected one Hugging Face model (not a teacher) in {type(module).__name__}, found "
-            f"{sorted(found) or 'none'}; pass module='<attribute holding the model to prune>'"
+            f"module: {attribute!r} is a {type(module).__name__}, not a Hugging Face model, and holds "
+            f"{'the Hugging Face models ' + str(sorted(found)) if found else 'none with layers to prune'}; "
+            f"name the attribute of the one to prune (module='{attribute}.<its attribute>')"
         )
-    return next(iter(found.values()))
+    raise ValueError(
+        f"module: expected one Hugging Face model (not a teacher) in {type(module).__name__}, found "
+        f"{sorted(found) or 'none'}; pass module='<attribute holding the model to prune>'"
+    )
 
 
 def encoder_blocks(model: nn.Module) -> list[Block]:

@@ -197,12 +197,12 @@ def test_head_pruned_model_is_not_stock_loadable():
 
 
 class Holder(nn.Module):
-    """Like a DistillationModule: the student as ``model``, teachers beside it."""
+    """Like a DistillationModule: the student as ``model``, frozen teachers beside it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.model = bert(seed=1)
-        self.teachers = nn.ModuleList([bert(seed=2)])
+        self.teachers = nn.ModuleList([bert(seed=2).requires_grad_(False)])
 
 
 def test_only_the_student_is_pruned_never_the_teacher_or_the_head():

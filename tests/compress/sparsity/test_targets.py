@@ -134,3 +134,14 @@ def test_magnitude_pruning_leaves_a_frozen_teacher_and_the_output_layer_whole():
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     assert int((module.net.out.weight == 0).sum()) == 0
     assert pruning.sparsity == pytest.approx(0.6, abs=1e-2)
+
+
+def test_frozen_is_no_sign_inside_a_model_frozen_as_a_whole_or_inside_a_trained_classifier():
+    """A merged, all-frozen model is still pruned as itself; a frozen ``bert`` under a training head is part
+    of the classifier (head-only fine-tuning), not a teacher."""
+    frozen = tiny_bert(layers=1).requires_grad_(False)
+    assert "bert.encoder.layer.0.intermediate.dense" in select_targets(frozen)
+    head_only = tiny_bert(layers=1)
+    head_only.bert.requires_grad_(False)
+    assert teacher_names(Holder(head_only)) == []
+    assert "net.bert.encoder.layer.0.intermediate.dense" in select_targets(Holder(head_only))
