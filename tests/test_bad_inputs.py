@@ -16,10 +16,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch import LightningModule
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from compress.callbacks import ExportOnFitEnd
+from compress.callbacks import (
+    Distillation,
+    ExportOnFitEnd,
+    GradualUnfreezing,
+    MagnitudePruning,
+    StructuredPruning,
+    distillation_loss,
+)
 from compress.commands import main
 from compress.data import TextClassificationDataModule
 from compress.distill.intermediate import IntermediateDistillation
@@ -519,6 +528,77 @@ FIT_CASES = [  # (inputs, teacher, fit) -> builds a module and fits it; the fiel
 ]
 
 
+class UserModule(LightningModule):
+    """A user's own module (issue 12): a classifier as ``net``, maybe a frozen teacher as ``big_model``."""
+
+    def __init__(self, with_teacher: bool = False) -> None:
+        super().__init__()
+        self.net = tiny_bert(num_labels=3, layers=2)
+        if with_teacher:
+            self.big_model = tiny_bert(num_labels=3, layers=2, seed=4).requires_grad_(False)
+
+    def training_step(self, batch, batch_idx):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        return distillation_loss(self, self.net(**inputs).logits, batch["labels"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+PLUGIN_CASES = [  # callbacks around a user's own module (issue 12): (inputs, teacher, fit), field, fix
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [Distillation(teacher="net")]),
+        "Distillation.teacher: 'net' holds every trainable parameter",
+        "pass the teacher's own attribute or module",
+        id="plugin_distillation_teacher_is_the_student",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [Distillation(teacher="minilm-l6")]),
+        "Distillation.teacher: 'minilm-l6' is neither a fine-tuned classifier",
+        "fine-tune it first",
+        id="plugin_distillation_base_model_teacher",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [Distillation(teacher=tiny_bert(num_labels=5, layers=1))]),
+        "Distillation.teacher: its logits have shape (8, 5)",
+        "must predict the same classes",
+        id="plugin_distillation_teacher_of_other_classes",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(
+            UserModule(with_teacher=True), [MagnitudePruning(targets=["intermediate"])]
+        ),
+        "MagnitudePruning.targets: ['intermediate'] selects 'big_model.bert.encoder.layer.0.",
+        "anchor the pattern on the trained model",
+        id="plugin_pruning_targets_inside_the_teacher",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [MagnitudePruning(targets=["no_such_layer"])]),
+        "MagnitudePruning.targets: ['no_such_layer'] matches no Linear/Conv layer",
+        "output layers: ['net.classifier']",
+        id="plugin_pruning_targets_match_nothing",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [StructuredPruning(channel_ratio=0.5)]),
+        "StructuredPruning.channel_ratio",
+        "head_ratio",
+        id="plugin_structured_channel_ratio_on_bert",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [StructuredPruning(ffn_ratio=0.5, module="encoder")]),
+        "StructuredPruning.module: UserModule has no submodule 'encoder'",
+        "its children are ['net']",
+        id="plugin_structured_module_missing",
+    ),
+    pytest.param(
+        lambda i, teacher, fit: fit(UserModule(), [GradualUnfreezing(module="encoder")]),
+        "GradualUnfreezing.module: UserModule has no submodule 'encoder'",
+        "its children are ['net']",
+        id="plugin_unfreezing_module_missing",
+    ),
+]
+
+
 class Fit:
     """``fit(module, callbacks=..., ckpt_path=..., **data changes)``: a short run rooted at ``root``."""
 
@@ -532,7 +612,7 @@ class Fit:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
 
-@pytest.mark.parametrize(("case", "field", "fix"), FIT_CASES)
+@pytest.mark.parametrize(("case", "field", "fix"), FIT_CASES + PLUGIN_CASES)
 def test_fit_refuses(case, field, fix, inputs, tiny_teacher_dir, tiny_data_kwargs, tmp_path):
     fit = Fit(tmp_path / "run", tiny_data_kwargs)
     before = snapshot(inputs.root)
