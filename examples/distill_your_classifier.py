@@ -11,9 +11,13 @@ cross-entropy), then trains a 3-layer student copied from it with
   the teacher (frozen, registered), not the classifier (the layer producing the output);
 - `ExactResume()`: a resumed run ends as the uninterrupted one.
 
-Run on the real data (MiniLM-L6, Rotten Tomatoes; about 4 minutes on 2 CPU cores):
+Run on the real data (MiniLM-L6 fine-tuned on 4,000 Rotten Tomatoes reviews, 300 steps each phase):
 
     .venv/bin/python -m examples.distill_your_classifier --output runs/example_distill
+
+Measured 2026-12-02 (14 min on 2 CPU cores shared with other jobs): teacher accuracy 0.810 on the 1,281
+test reviews, the 3-layer student at 50% sparsity 0.806; the checkpoint holds 57 student tensors and no
+teacher tensor.
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ None of them touches the output layer (``out``, found by tracing ``forward``, no
 prints its test accuracy, parameters and share of zero weights. Every run shuffles with
 `compress.data.EpochShuffle` and has `ExactResume`, so a resumed run would end as the uninterrupted one.
 
-    .venv/bin/python -m examples.prune_your_cnn       # about 1 minute on 2 CPU cores
+    .venv/bin/python -m examples.prune_your_cnn       # 12 s on 2 quiet CPU cores
+
+Measured 2026-12-02 (test accuracy on 359 held-out digits, 600 steps each): dense 0.992; magnitude 80%
+0.992 with 78.7% of all Conv/Linear weights zero (the output layer stays dense); L1 proximal 0.986 with
+46.0% zero; structured 50% 0.986 with 9,802 parameters instead of 38,282. One seed: a demonstration, not
+a comparison.
 """
 
 from __future__ import annotations
