@@ -41,7 +41,7 @@ class LayerOutputs:
     def hidden(self) -> tuple[Tensor, ...]:
         """The latest output of every layer, after a placeholder for the embeddings."""
         if any(o is None for o in self._outputs):
-            raise RuntimeError("LayerOutputs: the model has not run a forward pass since the hooks were added")
+            raise RuntimeError("LayerOutputs: the model has run no forward pass since the hooks were added")
         return (self._outputs[0], *self._outputs)
 
     def remove(self) -> None:

@@ -57,6 +57,7 @@ from compress.peft.adapters import AdapterConfig
 from compress.peft.bottleneck import BottleneckConfig
 from compress.peft.selective import SelectiveTuning
 from compress.peft.student import StudentFromTeacher
+from compress.sparsity.roles import register_teacher
 from compress.stored import from_stored
 
 TEACHER_KEY = "teachers."
@@ -137,7 +138,7 @@ class DistillationModule(L.LightningModule):
             "teacher_cache": from_stored(teacher_cache, TeacherCache, "model.teacher_cache"),
         }
         self.hparams.update(storable_args(teacher=teacher, **settings))
-        self.teachers = load_teachers(teacher)
+        self.teachers = register_teacher(load_teachers(teacher))  # no sparsity callback selects them
         self.teacher_weights = normalized_weights(teacher_weights, len(self.teachers))
         self.task = check_teachers_agree(self.teachers)
         depth = self.teacher.config.num_hidden_layers
