@@ -14,13 +14,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
@@ -38,6 +37,8 @@ from compress.sparsity.layouts import (
 )
 from compress.sparsity.structured import check_ratio
 from compress.sparsity.structured.root import pruning_root
+
+from .checkpoint_reading import read_checkpoints_through, stop_reading_through
 
 STATE_PREFIX = "StructuredPruning"
 
@@ -201,7 +202,7 @@ class StructuredPruning(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        trainer.strategy.checkpoint_io = _ReplayingCheckpointIO.without(trainer.strategy.checkpoint_io, self)
+        stop_reading_through(trainer, self)
 
     @override
     def on_train_batch_start(
@@ -238,8 +239,7 @@ class StructuredPruning(Callback):
             if state is not None:
                 restore_pruning_history(self._model(pl_module), state["history"])
 
-        io = _ReplayingCheckpointIO.without(trainer.strategy.checkpoint_io, self)  # never stacked twice
-        trainer.strategy.checkpoint_io = _ReplayingCheckpointIO(io, self, restore)
+        read_checkpoints_through(trainer, self, restore)  # never stacked twice
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
         try:
@@ -297,44 +297,6 @@ def checkpoint_history(checkpoint: Mapping[str, Any]) -> list[dict]:
             "without it the pruned shapes cannot be rebuilt"
         )
     return states[0]["history"]
-
-
-class _ReplayingCheckpointIO(CheckpointIO):
-    """The strategy's checkpoint IO, plus: each checkpoint it reads goes to ``restore`` first, before
-    Lightning hands it to the module's hooks and weights. Saving and removing are the wrapped IO's."""
-
-    def __init__(
-        self, inner: CheckpointIO, owner: StructuredPruning, restore: Callable[[dict[str, Any]], None]
-    ) -> None:
-        self.inner, self.owner, self.restore = inner, owner, restore
-
-    @staticmethod
-    def without(io: CheckpointIO, owner: StructuredPruning) -> CheckpointIO:
-        """``io`` with the wrapper of ``owner`` taken out, wherever it is in a chain of wrappers."""
-        if not isinstance(io, _ReplayingCheckpointIO):
-            return io
-        if io.owner is owner:
-            return io.inner
-        io.inner = _ReplayingCheckpointIO.without(io.inner, owner)
-        return io
-
-    @override
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        checkpoint = self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        self.restore(checkpoint)
-        return checkpoint
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
-
-    @override
-    def remove_checkpoint(self, path: Any) -> None:
-        self.inner.remove_checkpoint(path)
-
-    @override
-    def teardown(self) -> None:
-        self.inner.teardown()
 
 
 def _schedule(
