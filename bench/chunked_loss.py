@@ -102,6 +102,7 @@ def measure(quick: bool = False):
                 better="lower",
                 numbers={"round_ratios": [round(v, 4) for v in values], "verdict": said},
                 note=f"median of {len(values)} alternating rounds, a process per run; {said}",
+                rounds=values,
             )
         )
     return entries

@@ -35,9 +35,21 @@ STUDENT_LAYERS = [0, 2, 4]
 BATCH, MAX_LENGTH = 32, 64
 
 
+NOISE = 0.02  # alternated rounds of equal work on this machine differ by up to ~2%: the slack of `bound`
+
+
 @dataclass
 class Entry:
-    """One line of bench/results.json: ``ratio`` against ``goal`` (``higher`` or ``lower`` is better)."""
+    """One line of bench/results.json: ``ratio`` (the median over rounds) against ``goal``, with the
+    interval its per-round ratios span.
+
+    The verdict uses the whole interval: ``met`` when every round meets the goal, ``not met`` when none
+    does, ``not shown`` when the rounds straddle it. ``bound`` is what equal work cannot beat: 1.0 for
+    "same maths, more machinery" (``better="lower"``: a framework cannot be faster than the loop doing the
+    same work) and for a share of an ideal (``better="higher"``: nothing exceeds the ideal). An interval
+    lying wholly beyond the bound (by more than `NOISE`) is ``impossible``: the two sides did not do the
+    same work, and the entry is never ``met``.
+    """
 
     name: str
     ratio: float
@@ -46,22 +58,49 @@ class Entry:
     numbers: dict = field(default_factory=dict)
     note: str = ""
     tolerance: float = 0.0
+    rounds: list[float] = field(default_factory=list)  # per-round ratios; empty: one measurement
+    bound: float | None = None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        values = self.rounds or [self.ratio]
+        return min(values), max(values)
+
+    @property
+    def verdict(self) -> str:
+        low, high = self.interval
+        if self.bound is not None and self._beyond_bound(low, high):
+            return "impossible"
+        if self.better == "close":
+            meets = all(abs(x - self.goal) <= self.tolerance for x in (low, high))
+            misses = (high < self.goal - self.tolerance) or (low > self.goal + self.tolerance)
+        elif self.better == "higher":
+            meets, misses = low >= self.goal, high < self.goal
+        else:
+            meets, misses = high <= self.goal, low > self.goal
+        return "met" if meets else "not met" if misses else "not shown"
+
+    def _beyond_bound(self, low: float, high: float) -> bool:
+        if self.better == "higher":  # a share of an ideal: above 1 cannot be
+            return low > self.bound * (1 + NOISE)
+        return high < self.bound * (1 - NOISE)  # same work plus machinery: faster cannot be
 
     @property
     def met(self) -> bool:
-        if self.better == "higher":
-            return self.ratio >= self.goal
-        if self.better == "lower":
-            return self.ratio <= self.goal
-        return abs(self.ratio - self.goal) <= self.tolerance
+        return self.verdict == "met"
 
     def as_dict(self) -> dict:
+        low, high = self.interval
         return {
             "name": self.name,
             "ratio": round(self.ratio, 4),
+            "interval": [round(low, 4), round(high, 4)],
+            "rounds": len(self.rounds) or 1,
             "goal": self.goal,
             "better": self.better,
             "tolerance": self.tolerance,
+            "bound": self.bound,
+            "verdict": self.verdict,
             "met": self.met,
             "numbers": self.numbers,
             "note": self.note,

@@ -387,7 +387,8 @@ def entries(runs: dict[str, list[dict]], steps: int) -> list[Entry]:
             f"verdict over rounds: {row['verdict']}"
         )
         name = f"KD step vs TRL GKDTrainer (lmbda=0, JSD beta 0.5): {what} ours / TRL"
-        result.append(Entry(name, statistics.median(row["ratios"]), row["goal"], "lower", numbers, note))
+        median = statistics.median(row["ratios"])
+        result.append(Entry(name, median, row["goal"], "lower", numbers, note, rounds=row["ratios"]))
     return result
 
 

@@ -32,15 +32,18 @@ def table(results: dict) -> str:
         f"({m['cpu']}), {m['torch_threads']} torch threads, torch {m['torch']}, lightning {m['lightning']}; "
         f"load average at start {m['load_average_at_start']}.",
         "",
-        "| measure | ratio | goal | met |",
-        "|---|---:|---:|:---:|",
+        "| measure | median | min .. max over rounds | goal | verdict |",
+        "|---|---:|---:|---:|:---:|",
     ]
     signs = {"higher": ">=", "lower": "<=", "close": "="}
     for e in results["entries"]:
         goal = f"{signs[e['better']]} {e['goal']}" + (
             f" ± {e['tolerance']}" if e["better"] == "close" else ""
         )
-        lines.append(f"| {e['name']} | {e['ratio']:.3f} | {goal} | {'yes' if e['met'] else '**no**'} |")
+        low, high = e["interval"]
+        spread = f"{low:.3f} .. {high:.3f} ({e['rounds']})" if e["rounds"] > 1 else "one measurement"
+        verdict = e["verdict"] if e["verdict"] == "met" else f"**{e['verdict']}**"
+        lines.append(f"| {e['name']} | {e['ratio']:.3f} | {spread} | {goal} | {verdict} |")
     return "\n".join(lines)
 
 
