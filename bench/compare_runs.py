@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(first, second)
     for row in rows:
         shown = " | ".join(f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"])
-        print(
-            f"{'overlap' if row['overlap'] else 'APART  '} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}"
-        )
+        said = "overlap" if row["overlap"] else "APART  "
+        print(f"{said} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}")
     return 0 if all(row["overlap"] for row in rows) else 1
 
 
