@@ -5,9 +5,10 @@
 One step is the KD loss (KDLoss defaults: forward KL, T=2, alpha=0.5) and its backward to the student's
 final hidden states and output embedding (SmolLM2-135M's sizes by default), from teacher logits given as
 input. ``naive`` computes the whole ``tokens x vocab`` student logits (``hidden @ weight.T``) and
-`KDLoss`; ``chunked`` is `compress.distill.chunked.chunked_kd_loss`. Each variant runs in a fresh process
-(peak RSS is a process-lifetime maximum), alternating round by round; a run reports its peak RSS above
-the RSS it had once its inputs existed (the loss's own working memory) and the median of 3 timed steps
+`KDLoss`; ``chunked`` is `compress.distill.chunked.chunked_kd_loss`. Each variant runs in a fresh
+process, alternating round by round; a run reports its peak RSS (VmHWM, reset once its inputs exist: not
+``ru_maxrss``, which a child of the big `make bench` process inherits, bench/memory.py) above the RSS it
+had once its inputs existed (the loss's own working memory) and the median of 3 timed steps
 after one warm-up step. Prints each round and the ratios chunked / naive (median, min, max over rounds).
 """
 
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench/ importable
+from bench.memory import reset_peak, status_kib  # noqa: E402
 
 
 def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int) -> dict:
@@ -34,7 +38,9 @@ def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int)
     teacher = torch.randn(tokens, vocab)
     labels = torch.randint(0, vocab, (tokens,))
     loss = KDLoss()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    base = status_kib("VmRSS")  # KiB; not ru_maxrss, which a child inherits (bench/memory.py)
+    if not reset_peak():
+        raise RuntimeError("chunked_loss: /proc/self/clear_refs is not writable; cannot measure the peak")
 
     def step():
         if variant == "naive":
@@ -50,7 +56,7 @@ def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int)
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = status_kib("VmHWM")
     return {"variant": variant, "seconds": statistics.median(times), "peak_mb": (peak - base) / 1024}
 
 

@@ -66,6 +66,7 @@ from transformers import TrainerCallback
 from typing_extensions import override
 
 from bench.common import Entry
+from bench.memory import reset_peak, status_kib
 
 TEACHER, STUDENT_LAYERS = "smollm2-135m", 10
 BETA, TEMPERATURE, LEARNING_RATE, WEIGHT_DECAY = 0.5, 1.0, 5e-5, 0.01
@@ -144,12 +145,12 @@ def one_run(
     data.setup()
     order = list(data.train_dataloader().sampler)[: steps * batch_size]  # our training order, for TRL too
     gc.collect()
-    load_peak, base = _rusage_peak_kib(), _status_kib("VmRSS")
-    reset = _reset_peak()
+    load_peak, base = _rusage_peak_kib(), status_kib("VmRSS")
+    reset = reset_peak()
     record = Record()
     train = _train_ours if variant == "ours" else _train_trl
     train(teacher, student, data, order, steps, record, chunk_size)
-    hwm = _status_kib("VmHWM") if reset else _rusage_peak_kib()
+    hwm = status_kib("VmHWM") if reset else _rusage_peak_kib()
     return {
         "variant": variant,
         "step_seconds": statistics.median(record.durations(skip=1)),
@@ -303,23 +304,8 @@ def _train_trl(teacher, student, data, order, steps: int, record: Record, chunk_
         trainer.train()
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
 def _rusage_peak_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def _reset_peak() -> bool:
-    """Resets VmHWM to the current RSS, so that the peak counts training only (not loading's transients)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        return True
-    except OSError:
-        return False
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; inherited from a parent
 
 
 def summary(runs: dict[str, list[dict]]) -> list[dict]:
