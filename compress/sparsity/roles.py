@@ -4,10 +4,11 @@ Sparsity callbacks act on a user's own LightningModule, whose attribute names ar
 look at what a submodule *is*, never at what it is called:
 
 - **teacher**: a module given to `register_teacher` (the `Distillation` callback and compress's modules
-  register theirs), any Hugging Face model whose parameters are all frozen, and any direct child of the
-  root (or of a plain `ModuleList`/`ModuleDict` there) whose parameters are all frozen: a frozen network
-  kept beside the one being trained. Eval mode is not a sign: ``from_pretrained`` returns eval-mode models,
-  students included. Frozen parts *inside* a trained network (a LoRA base layer, layers waiting for
+  register theirs), any Hugging Face model whose parameters are all frozen and that is not part of a
+  trained one, and any direct child of the root (or of a plain `ModuleList`/`ModuleDict` there) whose
+  parameters are all frozen: a frozen network kept beside the one being trained. In a root frozen as a
+  whole, only registered teachers count. Eval mode is not a sign: ``from_pretrained`` returns eval-mode
+  models, students included. Frozen parts *inside* a trained network (a LoRA base layer, layers waiting for
   `GradualUnfreezing`) are not teachers.
 - **output layers**: for a Hugging Face model, every layer outside its ``base_model`` (the classifier,
   ``score``, ``lm_head``...) and ``get_output_embeddings()``; for any other network, the Linear/Conv
