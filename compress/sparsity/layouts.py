@@ -134,10 +134,7 @@ class EncoderPruning:
 
     def prune(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Structure) -> bool:
         """One round: `plan`, then `replay`; whether anything was removed."""
-        plan = self.plan(model, head_ratio, ffn_ratio, batch, of)
-        if plan:
-            self.replay(model, plan)
-        return bool(plan)
+        return _plan_then_replay(self, model, head_ratio, ffn_ratio, batch, of)
 
     @staticmethod
     def replay(model: nn.Module, plan: list[dict]) -> Structure:
@@ -205,10 +202,7 @@ class DecoderPruning:
 
     def prune(self, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Any) -> bool:
         """One round: `plan`, then `replay`; whether anything was removed."""
-        plan = self.plan(model, head_ratio, ffn_ratio, batch, of)
-        if plan:
-            self.replay(model, plan)
-        return bool(plan)
+        return _plan_then_replay(self, model, head_ratio, ffn_ratio, batch, of)
 
     @staticmethod
     def replay(model: nn.Module, plan: list[dict]) -> DecoderStructure:
@@ -326,3 +320,13 @@ def _labelled_batch(batch: Any) -> Mapping[str, Tensor]:
             "use importance='magnitude'"
         )
     return batch
+
+
+def _plan_then_replay(
+    pruner: Any, model: nn.Module, head_ratio: float, ffn_ratio: float, batch: Any, of: Any
+):
+    """The encoder's and decoder's round: the pruner's `plan`, replayed when it removes anything."""
+    plan = pruner.plan(model, head_ratio, ffn_ratio, batch, of)
+    if plan:
+        pruner.replay(model, plan)
+    return bool(plan)

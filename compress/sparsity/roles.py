@@ -179,13 +179,7 @@ def trained_model(root: nn.Module, module: str | None = None, owner: str = "modu
         True
     """
     if module is not None:
-        try:
-            return root.get_submodule(module)
-        except AttributeError as error:
-            children = [n for n, _ in root.named_children()]
-            raise ValueError(
-                f"{owner}: {type(root).__name__} has no submodule {module!r}; its children are {children}"
-            ) from error
+        return submodule(root, module, owner)
     teachers = teacher_names(root)
     models = _outermost_hf_models(root, teachers)
     if len(models) == 1:
@@ -196,6 +190,18 @@ def trained_model(root: nn.Module, module: str | None = None, owner: str = "modu
         if not inside(name, teachers) and any(isinstance(m, PRUNABLE_TYPES) for m in child.modules())
     ]
     return holders[0] if len(holders) == 1 and not models else root
+
+
+def submodule(root: nn.Module, name: str, owner: str = "module") -> nn.Module:
+    """``root.get_submodule(name)``; a missing one is refused naming the setting ``owner`` and the
+    children there are."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError as error:
+        children = [n for n, _ in root.named_children()]
+        raise ValueError(
+            f"{owner}: {type(root).__name__} has no submodule {name!r}; its children are {children}"
+        ) from error
 
 
 def _outermost_wrapper(root: nn.Module, name: str) -> nn.Module:

@@ -14,6 +14,7 @@ from typing import Literal
 from torch import nn
 from transformers import PreTrainedModel
 
+from compress.sparsity.roles import submodule
 from compress.sparsity.structured.root import hugging_face_models
 from compress.sparsity.targets import select_targets
 
@@ -40,15 +41,8 @@ class Structure:
 def find_prunable_model(module: nn.Module, attribute: str | None = None) -> nn.Module:
     """The Hugging Face model to prune: ``module`` itself, ``module.<attribute>``, or the single outermost
     `PreTrainedModel` inside ``module`` that holds prunable weights (so never a teacher)."""
-    holder = module
     if attribute is not None:
-        try:
-            module = module.get_submodule(attribute)
-        except AttributeError as error:
-            children = [n for n, _ in holder.named_children()]
-            raise ValueError(
-                f"module: {type(holder).__name__} has no submodule {attribute!r}; its children are {children}"
-            ) from error
+        module = submodule(module, attribute)
     if isinstance(module, PreTrainedModel):
         return module
     found = hugging_face_models(module)

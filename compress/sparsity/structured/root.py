@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 from transformers import PreTrainedModel
 
+from compress.sparsity.roles import submodule
 from compress.sparsity.targets import select_targets
 
 LAYER_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)  # what torch-pruning's groups are rooted at
@@ -28,9 +29,12 @@ NEITHER_LAYOUT = (
 )
 
 
-def hugging_face_models(module: nn.Module) -> dict[str, PreTrainedModel]:
-    """The outermost Hugging Face models inside ``module`` that hold prunable layers (so never a teacher)."""
-    targets = select_targets(module)
+def hugging_face_models(
+    module: nn.Module, targets: dict[str, nn.Module] | None = None
+) -> dict[str, PreTrainedModel]:
+    """The outermost Hugging Face models inside ``module`` that hold prunable layers (so never a teacher);
+    ``targets``: `select_targets(module)` when the caller has it already."""
+    targets = select_targets(module) if targets is None else targets
     found: dict[str, PreTrainedModel] = {}
     for name, child in module.named_modules():
         outermost = not any(name.startswith(f"{outer}.") for outer in found)
@@ -51,7 +55,8 @@ def pruning_root(module: nn.Module, attribute: str | None = None) -> nn.Module:
         return _named_root(module, attribute)
     if isinstance(module, PreTrainedModel):
         return module
-    models = hugging_face_models(module)
+    targets = select_targets(module)  # once: it traces a network that is not a Hugging Face model
+    models = hugging_face_models(module, targets)
     if len(models) > 1:
         raise ValueError(
             f"module: expected one Hugging Face model (not a teacher) in {type(module).__name__}, found "
@@ -59,7 +64,6 @@ def pruning_root(module: nn.Module, attribute: str | None = None) -> nn.Module:
         )
     if models:
         return next(iter(models.values()))
-    targets = select_targets(module)
     holders = [n for n, _ in module.named_children() if any(t.startswith(f"{n}.") or t == n for t in targets)]
     if len(holders) == 1:
         return module.get_submodule(holders[0])
@@ -85,16 +89,11 @@ def found_layers(module: nn.Module) -> str:
 
 
 def _named_root(module: nn.Module, attribute: str) -> nn.Module:
-    try:
-        chosen = module.get_submodule(attribute)
-    except AttributeError as error:
-        children = [n for n, _ in module.named_children()]
-        raise ValueError(
-            f"module: {type(module).__name__} has no submodule {attribute!r}; its children are {children}"
-        ) from error
+    chosen = submodule(module, attribute)
     if isinstance(chosen, PreTrainedModel):
         return chosen
-    models = hugging_face_models(chosen)
+    targets = select_targets(chosen)
+    models = hugging_face_models(chosen, targets)
     if len(models) > 1:
         raise ValueError(
             f"module: {attribute!r} ({type(chosen).__name__}) holds several Hugging Face models with layers "
@@ -102,7 +101,7 @@ def _named_root(module: nn.Module, attribute: str) -> nn.Module:
         )
     if models:
         return next(iter(models.values()))
-    if select_targets(chosen):
+    if targets:
         return chosen
     raise ValueError(
         f"module: {attribute!r} is a {type(chosen).__name__} with nothing to prune: looked for {LOOKED_FOR} "
