@@ -23,6 +23,7 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelPruning
 
 from bench.common import Entry, StepTimes, copies, datamodule, median, teacher_and_student, trainer
+from bench.rounds import ROUNDS
 from compress.callbacks import MagnitudePruning
 from compress.modules import TaskModule
 from compress.sparsity.magnitude import magnitude_masks
@@ -75,7 +76,7 @@ def prune_and_train(kind: str, student, data, root: Path, epochs: int, resume: b
 
 
 def pruning_entries(student, quick: bool) -> list[Entry]:
-    rows, rounds = (320, 1) if quick else (640, 3)
+    rows, rounds = (320, 1) if quick else (640, ROUNDS)
     data = datamodule(rows)
     times = {"ours": [], "lightning": []}
     kept = {}

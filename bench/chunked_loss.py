@@ -1,6 +1,6 @@
 """Chunked against naive KD loss at LLM sizes: the loss's own peak memory and its step time.
 
-``python bench/chunked_loss.py [--tokens 2048] [--vocab 49152] [--hidden 576] [--chunk 256] [--rounds 3]``
+``python bench/chunked_loss.py [--tokens 2048] [--vocab 49152] [--hidden 576] [--chunk 256] [--rounds 5]``
 
 One step is the KD loss (KDLoss defaults: forward KL, T=2, alpha=0.5) and its backward to the student's
 final hidden states and output embedding (SmolLM2-135M's sizes by default), from teacher logits given as
@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench/ importable
 from bench.memory import reset_peak, status_kib  # noqa: E402
+from bench.rounds import ROUNDS  # noqa: E402
 
 
 def one_run(variant: str, tokens: int, vocab: int, hidden_size: int, chunk: int) -> dict:
@@ -94,7 +95,7 @@ def measure(quick: bool = False):
     from bench.common import Entry
 
     tokens = 512 if quick else 2048
-    runs = compare(tokens, 49152, 576, 256, 1 if quick else 3)
+    runs = compare(tokens, 49152, 576, 256, 1 if quick else ROUNDS)
     names = {"peak_mb": "peak memory", "seconds": "step time"}
     entries = []
     for key, goal in GOALS.items():
@@ -106,7 +107,11 @@ def measure(quick: bool = False):
                 ratio=statistics.median(values),
                 goal=goal,
                 better="lower",
-                numbers={"round_ratios": [round(v, 4) for v in values], "verdict": said},
+                numbers={
+                    "round_ratios": [round(v, 4) for v in values],
+                    **{v: [round(r[key], 4) for r in runs[v]] for v in ("naive", "chunked")},
+                    "verdict": said,
+                },
                 note=f"median of {len(values)} alternating rounds, a process per run; {said}",
                 rounds=values,
             )
@@ -120,7 +125,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--chunk", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: one variant
     args = parser.parse_args()
     if args.one:

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.rounds import disjoint_chance
+
 
 def overlap(a: list[float], b: list[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
@@ -29,6 +31,7 @@ def compare(first: dict, second: dict) -> list[dict]:
                 "name": name,
                 "intervals": [e["interval"] if e else None for e in (a, b)],
                 "verdicts": [e["verdict"] if e else "missing" for e in (a, b)],
+                "rounds": [e["rounds"] if e else 0 for e in (a, b)],
                 "overlap": both and overlap(a["interval"], b["interval"]),
             }
         )
@@ -48,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         shown = " | ".join(f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"])
         said = "overlap" if row["overlap"] else "APART  "
         print(f"{said} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}")
-    return 0 if all(row["overlap"] for row in rows) else 1
+    apart = sum(not row["overlap"] for row in rows)
+    expected = sum(disjoint_chance(min(row["rounds"])) for row in rows if min(row["rounds"]) > 1)
+    print(
+        f"{apart} of {len(rows)} apart; from noise alone (exchangeable rounds, bench/rounds.py) "
+        f"{expected:.2f} would be expected"
+    )
+    return 0 if apart == 0 else 1
 
 
 if __name__ == "__main__":

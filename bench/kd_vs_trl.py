@@ -1,6 +1,6 @@
 """Our causal-LM KD step against TRL's `GKDTrainer`: step time and peak memory (goals ours/TRL <= 1, <= 0.8).
 
-``python -m bench.kd_vs_trl [--rounds 3] [--steps 6] [--batch-size 4] [--block-size 128] [--chunk-size 256]``
+``python -m bench.kd_vs_trl [--rounds 5] [--steps 6] [--batch-size 4] [--block-size 128] [--chunk-size 256]``
 (needs TRL: ``pip install -r bench/requirements.txt``).
 
 Both sides distil SmolLM2-135M-Instruct (offline alias ``smollm2-135m``, 30 layers, vocabulary 49,152)
@@ -67,6 +67,7 @@ from typing_extensions import override
 
 from bench.common import Entry
 from bench.memory import reset_peak, status_kib
+from bench.rounds import ROUNDS
 
 TEACHER, STUDENT_LAYERS = "smollm2-135m", 10
 BETA, TEMPERATURE, LEARNING_RATE, WEIGHT_DECAY = 0.5, 1.0, 5e-5, 0.01
@@ -79,7 +80,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # GKDTrainer lives in tr
 
 def measure(quick: bool = False) -> list[Entry]:
     """`make bench`: the time and the memory entries."""
-    settings = dict(rounds=1, steps=3) if quick else dict(rounds=3, steps=6)
+    settings = dict(rounds=1, steps=3) if quick else dict(rounds=ROUNDS, steps=6)
     runs = compare(**settings, batch_size=4, block_size=128, chunk_size=256, threads=2)
     return entries(runs, settings["steps"])
 
@@ -403,7 +404,7 @@ def print_table(runs: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--steps", type=int, default=6, help="training steps per run; the first is warm-up")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--block-size", type=int, default=128)

@@ -66,11 +66,15 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "entries": []}
+    results["measure_seconds"] = {}
     for name in args.only:
         print(f"== {name}", flush=True)
+        began = time.perf_counter()
         for entry in importlib.import_module(f"bench.{name}").measure(args.quick):
             print(json.dumps(entry.as_dict()), flush=True)
             results["entries"].append(entry.as_dict())
+        results["measure_seconds"][name] = round(time.perf_counter() - began, 1)
+        print(f"== {name}: {results['measure_seconds'][name]:.0f} s", flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
     print(table(results))
     if not args.quick and args.only == list(MEASURES):

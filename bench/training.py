@@ -34,6 +34,7 @@ from bench.common import (
     teacher_and_student,
     trainer,
 )
+from bench.rounds import ROUNDS
 from compress.distill import KDLoss, TeacherCache
 from compress.modules import DistillationModule
 from compress.modules.task import model_inputs
@@ -117,7 +118,7 @@ def tokens(batches) -> tuple[int, int]:
 
 
 def measure(quick: bool = False) -> list[Entry]:
-    rows, rounds = (320, 1) if quick else (640, 3)
+    rows, rounds = (320, 1) if quick else (640, ROUNDS)
     teacher, student = teacher_and_student()
     plain, bucketed = datamodule(rows), datamodule(rows, bucket_by_length=True)
     second = {"plain": epoch_batches(plain, 1), "bucketed": epoch_batches(bucketed, 1)}

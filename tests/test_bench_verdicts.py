@@ -1,6 +1,8 @@
 """`make bench` verdicts come from the whole interval of per-round ratios, and equal work that seems to beat
 its bound is flagged, never "met" (issue 17)."""
 
+import json
+
 import pytest
 
 from bench.common import Entry
@@ -32,3 +34,28 @@ def test_close_goals_and_single_measurements():
         1.0,
         1.0,
     )
+
+
+def test_rounds_make_disjoint_intervals_from_noise_rare():
+    import doctest
+
+    import bench.rounds
+    from bench.rounds import ROUNDS, disjoint_chance
+
+    assert doctest.testmod(bench.rounds).failed == 0
+    assert disjoint_chance(3) == pytest.approx(0.1) and disjoint_chance(ROUNDS) < 0.01
+
+
+def test_compare_runs_names_the_measures_apart(tmp_path, capsys):
+    from bench.compare_runs import main
+
+    def run(interval):
+        entry = {"name": "m", "interval": interval, "verdict": "met", "rounds": 5}
+        return {"date": "d", "machine": {"cpu": "c"}, "entries": [entry]}
+
+    paths = [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"]
+    for path, interval in zip(paths, ([0.8, 0.9], [0.85, 1.0], [0.95, 1.0]), strict=True):
+        path.write_text(json.dumps(run(interval)))
+    assert main([str(paths[0]), str(paths[1])]) == 0
+    assert main([str(paths[0]), str(paths[2])]) == 1
+    assert "APART" in capsys.readouterr().out
