@@ -39,7 +39,8 @@ Each variant runs in a fresh process (peak RSS is a process-lifetime maximum), o
 first round by round. A run loads the models and the data, then trains ``steps`` steps; step time is the
 median over steps 2..N (step 1 is warm-up) of one step's start to the next one's (the last one ends at its
 end), data loading and logging included. Training peak = the high-water RSS since the models and data were
-loaded (reset through ``/proc/self/clear_refs``) minus the RSS then; total peak = the process's peak RSS.
+loaded (reset through ``/proc/self/clear_refs``) minus the RSS then; total peak = the process's own peak RSS
+(VmHWM before the reset and after training; not ``ru_maxrss``, which a child inherits, bench/memory.py).
 Step CPU time (the process's user + system time over the same steps, no goal) is printed too: on a shared
 machine it moves less with other jobs than wall time does.
 Ratios are ours / TRL per round; a goal is "met" when every round meets it, "not shown" when the rounds
@@ -52,7 +53,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -146,19 +146,19 @@ def one_run(
     data.setup()
     order = list(data.train_dataloader().sampler)[: steps * batch_size]  # our training order, for TRL too
     gc.collect()
-    load_peak, base = _rusage_peak_kib(), status_kib("VmRSS")
+    load_peak, base = status_kib("VmHWM"), status_kib("VmRSS")  # this process's own, not ru_maxrss
     reset = reset_peak()
     record = Record()
     train = _train_ours if variant == "ours" else _train_trl
     train(teacher, student, data, order, steps, record, chunk_size)
-    hwm = status_kib("VmHWM") if reset else _rusage_peak_kib()
+    hwm = status_kib("VmHWM")  # without a reset: the peak since the start, an upper bound
     return {
         "variant": variant,
         "step_seconds": statistics.median(record.durations(skip=1)),
         "step_cpu_seconds": statistics.median(record.durations(skip=1, cpu=True)),
         "step_times": [round(t, 4) for t in record.durations()],
         "train_peak_mb": (hwm - base) / 1024,
-        "total_peak_mb": max(load_peak, hwm, _rusage_peak_kib()) / 1024,
+        "total_peak_mb": max(load_peak, hwm) / 1024,
         "rss_after_load_mb": base / 1024,
         "peak_reset": reset,
         "losses": record.losses,
@@ -303,10 +303,6 @@ def _train_trl(teacher, student, data, order, steps: int, record: Record, chunk_
             callbacks=[HuggingFaceRecord(record)],
         )
         trainer.train()
-
-
-def _rusage_peak_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; inherited from a parent
 
 
 def summary(runs: dict[str, list[dict]]) -> list[dict]:
