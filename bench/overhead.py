@@ -10,7 +10,10 @@ Like for like: both variants start from copies of the same weights and the same 
 `DataLoader` (the same `EpochShuffle` order), build the same optimizer (fused AdamW, the same two weight-
 decay groups, the same warm-up schedule) and draw the same progress bar: the hand-written loop's tqdm
 redraws every ``refresh`` steps exactly as Lightning's `TQDMProgressBar(refresh_rate=refresh)` does
-(``miniters=refresh, mininterval=0``; before, tqdm's default redrew on a 0.1 s clock instead). Their
+(``miniters=refresh, mininterval=0``; before, tqdm's default redrew on a 0.1 s clock instead), and free
+the gradients at the same point, right after the optimizer step (compress's modules do it in
+``optimizer_step``; before, the hand loop kept them alive through the next forward, one more copy of the
+student's size in memory, and an Intel Xeon measured the framework 4% to 11% faster than the loop). Their
 losses agree step by step (reported: the largest difference). Time: wall time from the start of step
 ``SKIP`` to the end of the last step (data loading, logging and progress bar included), the same window
 on both sides; rounds alternate the order of the two variants; ratio = ours / hand-written per round,
@@ -79,10 +82,10 @@ def hand_loop(
             with torch.no_grad():
                 teacher_logits = teacher(**model_inputs(batch)).logits
             loss = kd(logits, teacher_logits, batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
+        optimizer.zero_grad(set_to_none=True)  # right after the step, as compress's modules free them
         losses.append(loss.item())
         if step + 1 == steps:
             break

@@ -67,8 +67,12 @@ class StructuredPruning(Callback):
     are cumulative shares of the model before any structured pruning: round k of n removes what is missing
     to reach k/n of them, so the targets are met at the last round. What the model may lose follows
     `compress.sparsity.structured`: never the teacher, adapters or head; the hidden size stays; LoRA is
-    merged, then restarts from zero (encoders). ``taylor`` importance uses the gradient of the model's own
-    loss on the batch about to be trained (dict batches with ``labels``).
+    merged, then restarts from zero (encoders and the generic layout). ``taylor`` importance uses, for an
+    encoder, the gradient of the model's own loss on the batch about to be trained (dict batches with
+    ``labels``); for the generic layout, the gradients of the training loss itself: the round runs in
+    ``on_before_optimizer_step`` of the step it is due at (after that step's backward, before its update),
+    which then updates the pruned parameters with what is left of their gradients. Under LoRA the base
+    weights have no gradients, so ``taylor`` with LoRA is refused in the generic layout.
 
     After a round the optimizers keep their param groups and LR schedulers (the schedule continues at its
     step), with the new, smaller parameters in place of the old; their optimizer state (Adam moments)
@@ -92,8 +96,8 @@ class StructuredPruning(Callback):
             of every prunable Linear layer removed, in [0, 1) (rounded down per layer; the generic layout
             only). Prunable: `select_targets` (never a teacher, adapters or an output layer) and whose
             channels do not reach the network's output.
-        importance: ``magnitude`` or ``taylor`` (encoders; default ``magnitude``), ``activation`` (decoders:
-            their only and default choice), ``magnitude`` (generic: its only choice).
+        importance: ``magnitude`` (default) or ``taylor`` (encoders and the generic layout), ``activation``
+            (decoders: their only and default choice).
         head_unit: ``groups`` (default): whole key/value groups, i.e. an encoder's heads; ``heads``: query
             heads within every group of a decoder (refused for an encoder, whose groups have one head).
         at_step: prune once, after this many optimizer steps (default 0: before training).
@@ -151,6 +155,7 @@ class StructuredPruning(Callback):
         self._pruner: StructuredPruner | None = None  # the layout's, chosen in setup
         self._original: Any = None  # its structure before any pruning: what the ratios refer to
         self._inputs_checked = False  # the layout has seen a batch (the generic one traces it)
+        self._batch: Any = None  # ranks_by_gradients: this step's batch, traced once its gradients exist
 
     @property
     @override
@@ -212,6 +217,23 @@ class StructuredPruning(Callback):
             with _named_settings():  # before the first step: a batch the generic layout cannot use fails now
                 self._pruner.check_inputs(self._model(pl_module), *self._ratios(), batch, self._original)
             self._inputs_checked = True
+        if self._pruner.ranks_by_gradients:
+            self._batch = batch  # traced in on_before_optimizer_step, once the step's gradients exist
+            return
+        self._prune_due_rounds(trainer, pl_module, batch)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        """``taylor`` in the generic layout: a round due at this step runs here, on the gradients of the
+        training loss (accumulated, unscaled under mixed precision), before the optimizer uses them; the
+        pruned parameters keep their gradients' remaining rows, so this step still updates them."""
+        if self._pruner.ranks_by_gradients and self._batch is not None:
+            self._prune_due_rounds(trainer, pl_module, self._batch)
+            self._batch = None
+
+    def _prune_due_rounds(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         while self.rounds_done < len(self.steps) and trainer.global_step >= self.steps[self.rounds_done]:
             self._prune_round(trainer, pl_module, batch)
 

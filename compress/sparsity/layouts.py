@@ -9,8 +9,9 @@
   of each) and the model stays a stock Hugging Face model. Adapters are refused.
 - `ChannelPruning` (generic): any other network torch-pruning can trace
   (`compress.sparsity.structured.channels`): output channels of Conv layers and hidden units of Linear
-  layers, with the layers that consume them, by group magnitude, traced on the batch about to be trained.
-  The output layers never shrink.
+  layers, with the layers that consume them, by group magnitude or by Taylor importance on the gradients
+  of the training loss (``ranks_by_gradients``: the round runs right before an optimizer step), traced on
+  the batch being trained. The output layers never shrink; vanilla LoRA shrinks with its base layers.
 
 `structured_pruner` picks the one that fits a model and checks the settings against it (`check_settings`:
 ``head_ratio``/``ffn_ratio`` for the first two, ``channel_ratio`` for the generic one);
@@ -89,6 +90,7 @@ class EncoderPruning:
 
     layout = "BERT-style encoder"
     settings = HF_SETTINGS
+    ranks_by_gradients = False  # taylor computes its own gradients, on the batch about to be trained
 
     def __init__(self, importance: ImportanceChoice | None, head_unit: HeadUnit, uniform_per_layer: bool):
         if importance not in (None, *IMPORTANCE):
@@ -155,6 +157,7 @@ class DecoderPruning:
 
     layout = "Llama-family decoder"
     settings = HF_SETTINGS
+    ranks_by_gradients = False
 
     def __init__(self, importance: ImportanceChoice | None, head_unit: HeadUnit, uniform_per_layer: bool):
         if importance not in (None, "activation"):
@@ -244,8 +247,8 @@ def structured_pruner(
             `find_prunable_model`); its methods take that Hugging Face model. Any other network of
             Conv/Linear layers gets the generic layout, whose methods take ``model`` itself (or the single
             Hugging Face model in it): pass the module `pruning_root` gives.
-        importance: ``magnitude`` or ``taylor`` (encoders; default ``magnitude``), ``activation``
-            (decoders, their only and default choice).
+        importance: ``magnitude`` or ``taylor`` (encoders and the generic layout; default ``magnitude``),
+            ``activation`` (decoders, their only and default choice).
         head_unit: ``groups`` (default): whole key/value groups, which for an encoder are its heads;
             ``heads``: query heads within every group (decoders only).
         uniform_per_layer: every layer keeps the same widths; ``False`` is for encoders only.

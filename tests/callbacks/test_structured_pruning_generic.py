@@ -277,8 +277,9 @@ class Empty(pl.LightningModule):
         ),
         (
             CNN,
-            StructuredPruning(channel_ratio=0.5, importance="taylor"),
-            r"StructuredPruning.importance: 'taylor' is for BERT-style encoders; the generic layout ranks",
+            StructuredPruning(channel_ratio=0.5, importance="activation"),
+            r"StructuredPruning.importance: 'activation' is for Llama-family decoders; the generic layout "
+            r"ranks channels by torch-pruning's group magnitude \('magnitude', the default\) or",
         ),
     ],
     ids=[
@@ -288,7 +289,7 @@ class Empty(pl.LightningModule):
         "module-without-layers",
         "nothing",
         "few",
-        "taylor",
+        "activation",
     ],
 )
 def test_refusals_say_what_was_looked_for_and_found(make, pruning, message):

@@ -3,7 +3,8 @@ units of Linear layers, removed with everything that consumes them (the generic 
 
 The prunable layers follow `select_targets` (never a teacher, adapters or an output layer); torch-pruning's
 `DependencyGraph`, traced on a training batch, finds what shrinks with each one (`groups`), and a round
-removes ``ratio`` of each layer's original width by group magnitude (`rounds`). The history records, per
+removes ``ratio`` of each layer's original width by group magnitude or Taylor importance (`rounds`);
+vanilla LoRA is merged, restarts from zero and shrinks with its base layer. The history records, per
 group, the channels each module lost, so a fresh model is rebuilt without tracing (`history`).
 
 Modules: `inputs` (what is traced), `groups` (what may shrink), `rounds` (one round), `history` (replay).
@@ -37,8 +38,8 @@ from compress.sparsity.structured.channels.history import (
 from compress.sparsity.structured.channels.inputs import Traced, example_inputs, traced_graph
 from compress.sparsity.structured.channels.rounds import (
     LAYOUT,
+    check_channel_adapters,
     check_channel_round,
-    check_plain_layers,
     prune_channel_round,
 )
 
@@ -52,7 +53,7 @@ __all__ = [
     "channel_groups",
     "channel_structure",
     "check_channel_round",
-    "check_plain_layers",
+    "check_channel_adapters",
     "traced_graph",
     "example_inputs",
     "is_channel_history",

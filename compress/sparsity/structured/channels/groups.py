@@ -3,8 +3,10 @@
 A group is rooted at the output channels of one prunable Conv/Linear layer (`select_targets`: never a
 teacher, adapters or an output layer; every other Conv/Linear goes into torch-pruning's ``ignored_layers``)
 and holds everything that shrinks with them: norms over those channels, the input channels of the layers
-that consume them. A group stays whole when its channels are, or reach, the network's output (an output layer
-the target rule did not catch), a bare ``nn.Parameter`` or an embedding, or when torch-pruning would shrink a
+that consume them. A LoRA layer's ``lora_A``/``lora_B`` shrink with their base layer (``lora_B``'s outputs
+are added to the base layer's, ``lora_A`` reads its inputs); the rank between them never does. A group
+stays whole when its channels are, or reach, the network's output (an output layer the target rule did not
+catch), a bare ``nn.Parameter`` or an embedding, or when torch-pruning would shrink a
 module in a way the recorded history could not replay (no standard pruning function of its own).
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch_pruning as tp
 from torch import nn
 
+from compress.sparsity.merge import lora_layers
 from compress.sparsity.structured.channels.inputs import Traced
 from compress.sparsity.structured.root import LAYER_TYPES
 from compress.sparsity.targets import select_targets
@@ -42,17 +45,17 @@ class ChannelGroup:
 def channel_groups(model: nn.Module, traced: Traced) -> Iterator[ChannelGroup]:
     """The groups of ``model`` that may shrink; built one at a time, so each may be pruned before the next."""
     names = {module: name for name, module in model.named_modules()}
-    for group in traced.graph.get_all_groups(ignored_layers=_ignored(model)):
+    for root, group in _rooted_groups(model, traced, names):
         if kept_reason(group, traced, names) is None:
-            yield ChannelGroup(names[group[0].dep.target.module], group)
+            yield ChannelGroup(root, group)
 
 
 def survey(model: nn.Module, traced: Traced) -> tuple[dict[str, int], dict[str, str]]:
     """The widths of the layers whose groups may shrink, and why each other prunable layer stays whole."""
     names = {module: name for name, module in model.named_modules()}
     shrinking, kept, covered = {}, {}, set()
-    for group in traced.graph.get_all_groups(ignored_layers=_ignored(model)):
-        root, reason = names[group[0].dep.target.module], kept_reason(group, traced, names)
+    for root, group in _rooted_groups(model, traced, names):
+        reason = kept_reason(group, traced, names)
         if reason is None:
             shrinking[root] = len(group[0].idxs)
             covered |= {names.get(dep.target.module) for dep, _ in group}
@@ -86,7 +89,24 @@ def kept_reason(group: tp.Group, traced: Traced, names: dict[nn.Module, str]) ->
     return None
 
 
-def _ignored(model: nn.Module) -> list[nn.Module]:
-    """Every Conv/Linear layer outside the targets: torch-pruning never shrinks their output channels."""
-    chosen = {id(module) for module in select_targets(model).values()}
-    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in chosen]
+def _rooted_groups(
+    model: nn.Module, traced: Traced, names: dict[nn.Module, str]
+) -> Iterator[tuple[str, tp.Group]]:
+    """torch-pruning's groups, each named by the prunable layer whose output channels it removes (a group
+    may come rooted at the ``lora_B`` beside it); groups without one (a LoRA rank) are left out."""
+    targets = {id(module) for module in select_targets(model).values()}
+    for group in traced.graph.get_all_groups(ignored_layers=_ignored(model, targets)):
+        roots = [
+            dep.target.module
+            for dep, _ in group
+            if id(dep.target.module) in targets and traced.graph.is_out_channel_pruning_fn(dep.handler)
+        ]
+        if roots:
+            yield names[roots[0]], group
+
+
+def _ignored(model: nn.Module, targets: set[int]) -> list[nn.Module]:
+    """Every Conv/Linear layer outside the targets, but for the LoRA layers that shrink with their base:
+    torch-pruning never shrinks the output channels of an ignored layer."""
+    lora = {id(m) for layer in lora_layers(model).values() for m in layer.lora_B.values()}
+    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in targets | lora]

@@ -19,8 +19,10 @@ import math
 import torch_pruning as tp
 from torch import nn
 
+from compress.sparsity.merge import lora_layers
 from compress.sparsity.structured.counts import EPS
 from compress.sparsity.structured.history import HISTORY_ATTRIBUTE
+from compress.sparsity.structured.lora import follow_base_shapes
 from compress.sparsity.structured.root import LAYER_TYPES
 from compress.sparsity.targets import select_targets
 
@@ -52,6 +54,7 @@ def replay_channel_history(model: nn.Module, history: list[dict]) -> nn.Module:
             pruner.pruning_dim = -1  # as torch-pruning's Dependency sets before each call (norms read it)
             getattr(pruner, f"prune_{kind}")(modules[name], idxs)
         setattr(model, HISTORY_ATTRIBUTE, [*applied_channel_history(model), _plain(entry)])
+    follow_base_shapes(lora_layers(model).values())  # LoRA wrappers report their base layers' new sizes
     return model
 
 

@@ -27,8 +27,8 @@ from compress.sparsity.structured.channels.history import (
 )
 from compress.sparsity.structured.channels.rounds import (
     LAYOUT,
+    check_channel_adapters,
     check_channel_round,
-    check_plain_layers,
     prune_channel_round,
 )
 
@@ -40,13 +40,16 @@ class ChannelPruning:
     settings = ("channel_ratio",)
 
     def __init__(self, importance: str | None, head_unit: str, uniform_per_layer: bool):
-        if importance not in (None, "magnitude"):
-            owner = {"taylor": "BERT-style encoders", "activation": "Llama-family decoders"}.get(importance)
+        if importance not in (None, "magnitude", "taylor"):
+            owner = "Llama-family decoders" if importance == "activation" else "no layout"
             raise ValueError(
-                f"importance: {importance!r} is for {owner or 'no layout'}; the "
-                "generic layout ranks channels by torch-pruning's group magnitude: use "
-                "importance='magnitude' (or leave it unset)"
+                f"importance: {importance!r} is for {owner}; the generic layout ranks channels by "
+                "torch-pruning's group magnitude ('magnitude', the default) or |weight x gradient| of the "
+                "training loss ('taylor')"
             )
+        self.importance = importance or "magnitude"
+        # taylor: the rounds run right before an optimizer step, on the gradients of the step's loss
+        self.ranks_by_gradients = self.importance == "taylor"
         if head_unit != "groups":
             raise ValueError(
                 f"head_unit: {head_unit!r} is for Llama-family decoders; the generic layout has no attention "
@@ -59,8 +62,9 @@ class ChannelPruning:
             )
 
     def check(self, model: nn.Module, channel_ratio: float, shares: list[float]) -> None:
-        """No adapters (what the batch allows is checked on the first one: `check_inputs`)."""
-        check_plain_layers(model)
+        """Vanilla LoRA only, and none under ``taylor`` (what the batch allows is checked on the first one:
+        `check_inputs`)."""
+        check_channel_adapters(model, self.importance)
 
     original = staticmethod(original_channel_structure)
     structure = staticmethod(channel_structure)
@@ -75,10 +79,9 @@ class ChannelPruning:
         """Traces ``model`` on ``batch``: the layers it may shrink lose something at ``channel_ratio``."""
         check_channel_round(model, channel_ratio, batch, of)
 
-    @staticmethod
-    def prune(model: nn.Module, channel_ratio: float, batch: Any, of: ChannelStructure) -> bool:
+    def prune(self, model: nn.Module, channel_ratio: float, batch: Any, of: ChannelStructure) -> bool:
         """One round, traced on ``batch``; whether anything was removed."""
-        return bool(prune_channel_round(model, channel_ratio, batch, of))
+        return bool(prune_channel_round(model, channel_ratio, batch, of, self.importance))
 
     @staticmethod
     def replay(model: nn.Module, history: list[dict]) -> ChannelStructure:
