@@ -25,19 +25,29 @@ def dependency_graph(model: nn.Module) -> tp.DependencyGraph:
 
 
 @contextmanager
+def kept_requires_grad(model: nn.Module) -> Iterator[None]:
+    """torch-pruning's pruning functions make new Parameters, which require grad: each gets back its old
+    flag, by name (a frozen base under LoRA stays frozen). New parameters default to requiring grad."""
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, True))
+
+
+@contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
     """torch-pruning traces autograd: every parameter must require grad (a frozen base under LoRA does not),
     and its tracing leaves the model in eval mode. Flags are restored by name, since pruning swaps Parameters.
     """
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     training = {module: module.training for module in model.modules()}
     try:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            yield
+        with kept_requires_grad(model):
+            for p in model.parameters():
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                yield
     finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(requires_grad.get(name, True))
         for module, mode in training.items():
             module.training = mode

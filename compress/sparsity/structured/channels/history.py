@@ -24,6 +24,7 @@ from compress.sparsity.structured.counts import EPS
 from compress.sparsity.structured.history import HISTORY_ATTRIBUTE
 from compress.sparsity.structured.lora import follow_base_shapes
 from compress.sparsity.structured.root import LAYER_TYPES
+from compress.sparsity.structured.tracing import kept_requires_grad
 from compress.sparsity.targets import select_targets
 
 ChannelStructure = dict[str, int]  # output channels of each prunable Conv/Linear layer, by name
@@ -49,10 +50,11 @@ def replay_channel_history(model: nn.Module, history: list[dict]) -> nn.Module:
     """
     modules = dict(model.named_modules())
     for number, entry in enumerate(history):
-        for kind, name, idxs in _checked(entry, number, modules, type(model).__name__):
-            pruner = _pruner(modules[name])
-            pruner.pruning_dim = -1  # as torch-pruning's Dependency sets before each call (norms read it)
-            getattr(pruner, f"prune_{kind}")(modules[name], idxs)
+        with kept_requires_grad(model):  # a frozen base under LoRA stays frozen
+            for kind, name, idxs in _checked(entry, number, modules, type(model).__name__):
+                pruner = _pruner(modules[name])
+                pruner.pruning_dim = -1  # as torch-pruning's Dependency sets before each call (norms read it)
+                getattr(pruner, f"prune_{kind}")(modules[name], idxs)
         setattr(model, HISTORY_ATTRIBUTE, [*applied_channel_history(model), _plain(entry)])
     follow_base_shapes(lora_layers(model).values())  # LoRA wrappers report their base layers' new sizes
     return model
