@@ -1,6 +1,6 @@
 """Do two `make bench` runs agree? For every measure, the min .. max intervals of the two runs must overlap.
 
-Usage: python -m bench.compare_runs bench/results.previous.json bench/results.json
+Usage: python -m bench.compare_runs [--markdown] bench/results.previous.json bench/results.json
 
 Prints one row per measure (both intervals, both verdicts, whether the intervals overlap) and exits with
 status 1 when a measure's intervals do not overlap or a measure is missing from one run.
@@ -38,8 +38,21 @@ def compare(first: dict, second: dict) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (``--markdown``), for docs/performance.md."""
+    lines = ["| measure | run 1 (min .. max) | run 2 | intervals, verdicts |", "|---|---:|---:|---|"]
+    for row in rows:
+        shown = [f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"]]
+        said = "overlap" if row["overlap"] else "**apart**"
+        lines.append(f"| {row['name']} | {shown[0]} | {shown[1]} | {said}: {', '.join(row['verdicts'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = (argv if argv is not None else sys.argv[1:]) or [
+    argv = list(argv if argv is not None else sys.argv[1:])
+    as_markdown = "--markdown" in argv
+    argv = [a for a in argv if a != "--markdown"]
+    paths = argv or [
         "bench/results.previous.json",
         "bench/results.json",
     ]
@@ -47,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{paths[0]}: {first['date']}, {first['machine']['cpu']}; {paths[1]}: {second['date']}, "
           f"{second['machine']['cpu']}")  # fmt: skip
     rows = compare(first, second)
-    for row in rows:
+    for row in [] if as_markdown else rows:
         shown = " | ".join(f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"])
         said = "overlap" if row["overlap"] else "APART  "
         print(f"{said} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}")
+    if as_markdown:
+        print(markdown(rows))
     apart = sum(not row["overlap"] for row in rows)
     expected = sum(disjoint_chance(min(row["rounds"])) for row in rows if min(row["rounds"]) > 1)
     print(

@@ -59,3 +59,5 @@ def test_compare_runs_names_the_measures_apart(tmp_path, capsys):
     assert main([str(paths[0]), str(paths[1])]) == 0
     assert main([str(paths[0]), str(paths[2])]) == 1
     assert "APART" in capsys.readouterr().out
+    assert main(["--markdown", str(paths[0]), str(paths[2])]) == 1
+    assert "| m | 0.800 .. 0.900 | 0.950 .. 1.000 | **apart**: met, met |" in capsys.readouterr().out

@@ -16,13 +16,13 @@ base layer (`compress.sparsity.structured.lora`, as for encoders).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch_pruning as tp
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from compress.sparsity.merge import lora_layers, merge_lora_into_base
@@ -128,9 +128,10 @@ def _scoring(model: nn.Module, importance: str) -> Iterator[Any]:
         module.weight.grad = torch.zeros_like(module.weight)
     if missing:
         shown = ", ".join(list(missing)[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
-        rank_zero_warn(
+        warnings.warn(
             f"StructuredPruning: importance='taylor': {shown} had no gradient (frozen, or unused by the "
-            "loss); they count zero in the ranking of the channels they share"
+            "loss); they count zero in the ranking of the channels they share",
+            stacklevel=2,
         )
     try:
         yield tp.importance.GroupTaylorImportance()
