@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{paths[0]}: {first['date']}, {first['machine']['cpu']}; {paths[1]}: {second['date']}, "
           f"{second['machine']['cpu']}")  # fmt: skip
     rows = compare(first, second)
-    for row in [] if as_markdown else rows:
-        shown = " | ".join(f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"])
-        said = "overlap" if row["overlap"] else "APART  "
-        print(f"{said} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}")
     if as_markdown:
         print(markdown(rows))
+    else:
+        for row in rows:
+            shown = " | ".join(f"{i[0]:.3f} .. {i[1]:.3f}" if i else "-" for i in row["intervals"])
+            said = "overlap" if row["overlap"] else "APART  "
+            print(f"{said} | {shown} | {' / '.join(row['verdicts'])} | {row['name']}")
     apart = sum(not row["overlap"] for row in rows)
     expected = sum(disjoint_chance(min(row["rounds"])) for row in rows if min(row["rounds"]) > 1)
     print(

@@ -229,7 +229,7 @@ class StructuredPruning(Callback):
         """``taylor`` in the generic layout: a round due at this step runs here, on the gradients of the
         training loss (accumulated, unscaled under mixed precision), before the optimizer uses them; the
         pruned parameters keep their gradients' remaining rows, so this step still updates them."""
-        if self._pruner.ranks_by_gradients and self._batch is not None:
+        if self._batch is not None:  # set only when the layout ranks by gradients
             self._prune_due_rounds(trainer, pl_module, self._batch)
             self._batch = None
 

@@ -148,11 +148,14 @@ def test_rounds_reach_the_target_at_the_last_step():
     assert all(r["optimizer_holds_model"] for r in recorder.rows)
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
+def resumed_equals_uninterrupted(tmp_path, make=CNN, **settings) -> nn.Module:
+    """Rounds at steps 3 and 9 over 4 epochs of 4 steps: a run stopped after epoch 2 (one round done) and
+    resumed ends bit-identical to an uninterrupted one, with the same history; returns the resumed module."""
+
     def run(root, ckpt_path=None, callbacks=()):
         seed_everything(7)
-        module = CNN()
-        pruning = StructuredPruning(channel_ratio=0.5, steps=[3, 9])
+        module = make()
+        pruning = StructuredPruning(channel_ratio=0.5, steps=[3, 9], **settings)
         checkpoint = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
         trainer = fit(
             module, [pruning, checkpoint, *callbacks], None, root, ckpt_path, max_epochs=4,
@@ -166,11 +169,16 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     seed_everything(123)  # the resumed run must not depend on the process's RNG at resume time
     resumed, resumed_pruning, trainer = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     assert trainer.global_step == 16 and resumed_pruning.history == straight_pruning.history
-    assert widths(resumed.net)["fc"] == (16, 8)
+    assert resumed_pruning.rounds_done == 2
     expected = straight.state_dict()
     assert resumed.state_dict().keys() == expected.keys()
     for key, value in resumed.state_dict().items():
         assert torch.equal(value, expected[key]), key
+    return resumed
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    assert widths(resumed_equals_uninterrupted(tmp_path).net)["fc"] == (16, 8)
 
 
 def test_load_pruned_checkpoint_rebuilds_the_cnn(tmp_path):

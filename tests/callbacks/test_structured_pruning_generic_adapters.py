@@ -9,8 +9,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from lightning.pytorch import Callback, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Callback
 from peft import LoraConfig, get_peft_model
 
 from compress.callbacks.structured_pruning import StructuredPruning
@@ -18,8 +17,7 @@ from compress.sparsity.structured.channels import example_inputs, traced_graph
 from compress.sparsity.structured.channels.groups import channel_groups
 from compress.sparsity.structured.channels.history import replay_channel_history
 from compress.sparsity.structured.tracing import traceable
-from tests.callbacks.test_structured_pruning_generic import CNN, fit, images
-from tests.compress.modules.test_distillation import StopAfterEpochs
+from tests.callbacks.test_structured_pruning_generic import CNN, fit, images, resumed_equals_uninterrupted
 
 PEFT_PREFIX = "base_model.model."
 
@@ -74,28 +72,6 @@ def test_lora_is_merged_restarted_and_shrinks_with_its_base_layers():
     assert trained.fc.lora_B["default"].weight.any()  # the adapters go on training
     held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert {id(p) for p in module.parameters() if p.requires_grad} <= held
-
-
-def resumed_equals_uninterrupted(tmp_path, make, **settings) -> None:
-    def run(root, ckpt_path=None, callbacks=()):
-        seed_everything(7)
-        module, pruning = make(), StructuredPruning(channel_ratio=0.5, steps=[3, 9], **settings)
-        checkpoint = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
-        fit(
-            module, [pruning, checkpoint, *callbacks], None, root, ckpt_path, max_epochs=4,
-            enable_checkpointing=True,
-        )  # fmt: skip
-        return module, pruning
-
-    straight, straight_pruning = run(tmp_path / "a")
-    _, stopped = run(tmp_path / "b", callbacks=[StopAfterEpochs(2)])
-    assert stopped.rounds_done == 1
-    resumed, resumed_pruning = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
-    assert resumed_pruning.history == straight_pruning.history and resumed_pruning.rounds_done == 2
-    expected = straight.state_dict()
-    assert resumed.state_dict().keys() == expected.keys()
-    for key, value in resumed.state_dict().items():
-        assert torch.equal(value, expected[key]), key
 
 
 def test_lora_resume_matches_an_uninterrupted_run(tmp_path):

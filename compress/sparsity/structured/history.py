@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch_pruning as tp
 from torch import nn
 
-from compress.sparsity.merge import lora_layers, merge_lora_into_base
 from compress.sparsity.structured.blocks import (
     Block,
     Structure,
@@ -19,7 +18,7 @@ from compress.sparsity.structured.blocks import (
     structure_of,
     unit_count,
 )
-from compress.sparsity.structured.lora import check_adapters, follow_base_shapes, restart_lora
+from compress.sparsity.structured.lora import check_adapters, follow_base_shapes, merge_and_restart
 from compress.sparsity.structured.tracing import dependency_graph, traceable
 
 HISTORY_ATTRIBUTE = "structured_pruning_history"  # on the Hugging Face model object (not in its config)
@@ -35,10 +34,7 @@ def replay_history(model: nn.Module, history: list[dict]) -> nn.Module:
         return root
     applied = applied_history(model) + [dict(entry) for entry in history]
     check_adapters(model)
-    adapters = lora_layers(model)
-    if any(not layer.merged for layer in adapters.values()):
-        merge_lora_into_base(model)
-    restart_lora(adapters.values())
+    adapters = merge_and_restart(model)
     blocks = prunable_blocks(model)
     with traceable(model):
         graph, seen = None, set()
@@ -48,7 +44,7 @@ def replay_history(model: nn.Module, history: list[dict]) -> nn.Module:
                 graph, seen = dependency_graph(model), set()
             seen.add(layer)
             _remove(graph, blocks[layer], entry)
-    follow_base_shapes(adapters.values())
+    follow_base_shapes(adapters)
     _update_config(model, blocks)
     setattr(model, HISTORY_ATTRIBUTE, applied)
     return root

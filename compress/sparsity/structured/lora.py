@@ -15,6 +15,8 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from compress.sparsity.merge import lora_layers, merge_lora_into_base
+
 
 def check_adapters(model: nn.Module) -> None:
     """Raises on any peft adapter other than vanilla LoRA on a linear layer (those cannot be sliced)."""
@@ -25,6 +27,16 @@ def check_adapters(model: nn.Module) -> None:
                 f"{name}: {type(layer).__module__}.{type(layer).__name__} adapters cannot be pruned "
                 "structurally (vanilla LoRA on linear layers only); merge and unload them first"
             )
+
+
+def merge_and_restart(model: nn.Module) -> list[LoraLinear]:
+    """Every LoRA layer of ``model`` merged into its base weight (unless it is already), then restarted
+    (`restart_lora`): the same function, the adapters live again. Returns the layers."""
+    adapters = list(lora_layers(model).values())
+    if any(not layer.merged for layer in adapters):
+        merge_lora_into_base(model)
+    restart_lora(adapters)
+    return adapters
 
 
 def restart_lora(layers: Iterable[LoraLinear]) -> None:

@@ -108,5 +108,5 @@ def _rooted_groups(
 def _ignored(model: nn.Module, targets: set[int]) -> list[nn.Module]:
     """Every Conv/Linear layer outside the targets, but for the LoRA layers that shrink with their base:
     torch-pruning never shrinks the output channels of an ignored layer."""
-    lora = {id(m) for layer in lora_layers(model).values() for m in layer.lora_B.values()}
-    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in targets | lora]
+    kept = targets | {id(m) for layer in lora_layers(model).values() for m in layer.lora_B.values()}
+    return [m for m in model.modules() if isinstance(m, LAYER_TYPES) and id(m) not in kept]

@@ -49,13 +49,13 @@ def replay_channel_history(model: nn.Module, history: list[dict]) -> nn.Module:
         (6, 6)
     """
     modules = dict(model.named_modules())
-    for number, entry in enumerate(history):
-        with kept_requires_grad(model):  # a frozen base under LoRA stays frozen
+    with kept_requires_grad(model):  # a frozen base under LoRA stays frozen
+        for number, entry in enumerate(history):
             for kind, name, idxs in _checked(entry, number, modules, type(model).__name__):
                 pruner = _pruner(modules[name])
                 pruner.pruning_dim = -1  # as torch-pruning's Dependency sets before each call (norms read it)
                 getattr(pruner, f"prune_{kind}")(modules[name], idxs)
-        setattr(model, HISTORY_ATTRIBUTE, [*applied_channel_history(model), _plain(entry)])
+            setattr(model, HISTORY_ATTRIBUTE, [*applied_channel_history(model), _plain(entry)])
     follow_base_shapes(lora_layers(model).values())  # LoRA wrappers report their base layers' new sizes
     return model
 

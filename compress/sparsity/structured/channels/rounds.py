@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.sparsity.merge import lora_layers, merge_lora_into_base
+from compress.sparsity.merge import lora_layers
 from compress.sparsity.structured.channels.groups import channel_groups, survey
 from compress.sparsity.structured.channels.history import (
     ChannelStructure,
@@ -36,7 +36,7 @@ from compress.sparsity.structured.channels.history import (
 from compress.sparsity.structured.channels.inputs import example_inputs, traced_graph
 from compress.sparsity.structured.counts import EPS, check_ratio
 from compress.sparsity.structured.history import HISTORY_ATTRIBUTE
-from compress.sparsity.structured.lora import check_adapters, follow_base_shapes, restart_lora
+from compress.sparsity.structured.lora import check_adapters, follow_base_shapes, merge_and_restart
 from compress.sparsity.structured.tracing import traceable
 
 LAYOUT = "network of Conv/Linear layers (generic layout)"
@@ -52,10 +52,7 @@ def prune_channel_round(
     if not any(counts.values()):
         return []
     check_channel_adapters(model, importance)
-    adapters = lora_layers(model)
-    if any(not layer.merged for layer in adapters.values()):
-        merge_lora_into_base(model)  # the ranking must see the adapters' updates
-    restart_lora(adapters.values())  # B = 0, unmerged: the same function, and the branch is traced
+    adapters = merge_and_restart(model)  # the ranking sees the adapters' updates; the branch is traced
     done = applied_channel_history(model)
     number = 1 + max((entry["round"] for entry in done), default=0)
     names = {m: n for n, m in model.named_modules()}
@@ -72,7 +69,7 @@ def prune_channel_round(
             group = graph.get_pruning_group(root.target.module, root.handler, sorted(idxs))
             entries.append(_entry(group, graph, names, number, candidate.root))
             group.prune(record_history=False)
-    follow_base_shapes(adapters.values())
+    follow_base_shapes(adapters)
     setattr(model, HISTORY_ATTRIBUTE, [*done, *entries])
     return entries
 
@@ -103,8 +100,9 @@ def check_channel_adapters(model: nn.Module, importance: str = "magnitude") -> N
     """Vanilla LoRA on linear layers only (it shrinks with its base), and not under ``taylor`` importance:
     LoRA freezes the base weights, which then have no gradients to rank by."""
     check_adapters(model)
-    if importance == "taylor" and lora_layers(model):
-        name = next(iter(lora_layers(model)))
+    adapters = list(lora_layers(model))
+    if importance == "taylor" and adapters:
+        name = adapters[0]
         raise ValueError(
             f"importance: 'taylor' ranks channels by |weight x gradient|, but {name} is a LoRA layer whose "
             "base weight is frozen and gets no gradient; use importance='magnitude', or prune before "
